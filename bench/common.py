@@ -1,0 +1,69 @@
+"""What every benchmark shares: its work folder, the results file, and the MLflow run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import REPO_ROOT, Workdir, get_settings, tracking_uri
+
+RESULTS = REPO_ROOT / "bench" / "results"
+WORK = REPO_ROOT / "bench" / ".work"
+console = Console()
+
+
+def work_dir(name: str) -> Path:
+    path = WORK / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    yield out
+    out["seconds"] = time.perf_counter() - start
+
+
+def publish(name: str, results: dict[str, Any], metrics: dict[str, float], table: Table | None = None) -> Path:
+    """Write ``bench/results/NAME.json``, print the figures, and log them to MLflow."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **results}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    if table is not None:
+        console.print(table)
+    console.print(f"figures written to {path}")
+    _log_mlflow(name, payload, metrics, path)
+    return path
+
+
+def _log_mlflow(name: str, payload: dict[str, Any], metrics: dict[str, float], path: Path) -> None:
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    settings = get_settings()
+    workdir = Workdir.at(settings.workdir)
+    workdir.root.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri(settings, workdir))
+    mlflow.set_experiment("xinterest-benchmarks")
+    with mlflow.start_run(run_name=name):
+        mlflow.set_tag("benchmark", name)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_artifact(str(path))
+    console.print(f"logged to MLflow ({mlflow.get_tracking_uri()}, experiment xinterest-benchmarks)")

@@ -1,0 +1,1 @@
+"""Data movement and orchestration: adapters, identity, validation, the lake, features, flows, CLI."""

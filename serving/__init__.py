@@ -1,0 +1,1 @@
+"""The BentoML scoring service, its schemas, and model + feature loading."""

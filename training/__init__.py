@@ -1,0 +1,1 @@
+"""Datasets from Feast, models, losses, metrics, evaluation, MLflow logging and the promotion gate."""
