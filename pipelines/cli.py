@@ -99,6 +99,95 @@ def ingest(
     print_ingest_report(result.to_dict())
 
 
+@app.command()
+def features(workdir: WorkdirOpt = None, profile: ProfileOpt = None) -> None:
+    """Compute the offline feature tables from the lake, `feast apply`, and materialize to the online store."""
+    from pipelines.feature_store import FeatureStoreError, refresh
+
+    settings, wd = _settings(workdir, profile)
+    try:
+        with console.status("building features, applying definitions, materializing"):
+            result = refresh(wd, settings)
+    except FeatureStoreError as e:
+        raise _fail(str(e)) from e
+    table = Table(title=f"feature tables in {wd.feature_data}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, n in result["rows"].items():
+        table.add_row(name, f"{n:,}")
+    Console().print(table)
+    console.print(
+        f"materialized in {result['materialize_seconds']:.1f}s ({result['materialized_rows_per_second']:,} rows/s) "
+        f"into the {settings.profile} online store; Feast repo: {wd.feature_repo}"
+    )
+
+
+@app.command("training-frame")
+def training_frame(
+    entities: Annotated[
+        Path,
+        typer.Option(
+            help="CSV or parquet with join keys (person_id, platform, item_id), "
+            "event_timestamp (the label time) and request_ts when the service needs it."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output file, .csv or .parquet.")],
+    service: Annotated[str, typer.Option(help="FeatureService: vae_v1 or ranker_v1.")] = "ranker_v1",
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Point-in-time correct training frame for an entity/label frame, through a FeatureService."""
+    import pandas as pd
+
+    from pipelines.feature_store import FeatureStoreError, historical_features, open_store
+
+    settings, wd = _settings(workdir, profile)
+    frame = pd.read_parquet(entities) if entities.suffix == ".parquet" else pd.read_csv(entities)
+    if "event_timestamp" in frame:
+        frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    try:
+        result = historical_features(open_store(wd, settings), frame, service)
+    except FeatureStoreError as e:
+        raise _fail(str(e)) from e
+    _write_frame(result, out)
+    console.print(f"{len(result):,} rows x {result.shape[1]} columns written to {out}")
+
+
+@app.command("online-features")
+def online_features(
+    person_id: Annotated[str, typer.Option(help="The person (pseudonymised person_id).")],
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Print one person's online features (sequence, profile, embedding, activity per platform)."""
+    import json
+
+    from pipelines.feature_store import PERSON_VIEWS, OnlineReader, open_store
+
+    settings, wd = _settings(workdir, profile)
+    reader = OnlineReader(open_store(wd, settings), [*PERSON_VIEWS, "person_activity"])
+    result = {view: reader.read_one(view, {"person_id": person_id}) for view in PERSON_VIEWS}
+    profile_row = result.get("person_profile") or {}
+    result["person_activity"] = {
+        p: reader.read_one("person_activity", {"person_id": person_id, "platform": p})
+        for p in profile_row.get("platform_names") or []
+    }
+    print(json.dumps(result, indent=2, default=str))
+
+
+def _write_frame(frame: object, out: Path) -> None:
+    import pandas as pd
+
+    assert isinstance(frame, pd.DataFrame)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    elif out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        raise _fail(f"{out}: the output must end in .csv or .parquet")
+
+
 def print_ingest_report(report: dict[str, object]) -> None:
     table = Table(title=f"ingest into {report['lake']}")
     for column in ("source", "read", "accepted", "quarantined", "duplicates"):

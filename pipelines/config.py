@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         description="MLflow tracking + registry URI; default: a SQLite file in the workdir "
         "(local) or postgres_url (prod).",
     )
+    feast_project: str = Field(
+        default="xinterest",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$",
+        description="Feast project name; separates work directories that share a prod registry and Redis.",
+    )
     sequence_length: int = Field(default=50, ge=1, le=1000, description="N of the recent-behaviour sequence features.")
     seed: int = Field(default=0, description="Seed for every random choice.")
 

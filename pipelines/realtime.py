@@ -1,0 +1,99 @@
+"""Live events into the online store: the person's sequence and activity, through Feast's
+PushSources, so that the next request sees them without any retraining.
+
+Updates are read-modify-write on the online rows: the sequence gets the new item events
+appended (keeping the last N, gaps re-based on the new last event); activity counts are
+incremented for every window, and the 1-day counts restart when the day changes. Longer
+windows are not decremented online (their events age out at the next materialization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.contract import ACTIONS
+from pipelines.feature_store import OnlineReader
+
+WINDOWS = ("1d", "7d", "30d")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    persons: int
+    sequence_rows: int
+    activity_rows: int
+
+
+def push_events(store: Any, reader: OnlineReader, events: pd.DataFrame, sequence_length: int) -> PushResult:
+    """Push canonical, identity-resolved events (with ``person_id``) to the online store."""
+    from feast.data_source import PushMode
+
+    if events.empty:
+        return PushResult(0, 0, 0)
+    events = events.sort_values(["person_id", "ts"], kind="stable")
+    sequences = _sequence_rows(reader, events, sequence_length)
+    activity = _activity_rows(reader, events)
+    if len(sequences):
+        store.push("person_sequence_push", sequences, to=PushMode.ONLINE)
+    if len(activity):
+        store.push("person_activity_push", activity, to=PushMode.ONLINE)
+    return PushResult(events["person_id"].nunique(), len(sequences), len(activity))
+
+
+def _sequence_rows(reader: OnlineReader, events: pd.DataFrame, n: int) -> pd.DataFrame:
+    with_items = events[events["item_id"].notna()]
+    persons = list(pd.unique(with_items["person_id"]))
+    if not persons:
+        return pd.DataFrame()
+    current = reader.read("person_sequence", [{"person_id": p} for p in persons])
+    rows = []
+    for person, row, (_, group) in zip(persons, current, with_items.groupby("person_id", sort=False), strict=True):
+        last_ts = int(group["ts"].iloc[-1].timestamp())
+        items, actions, platforms, gaps = [], [], [], []
+        if row is not None and row.get("seq_items"):
+            shift = last_ts - int(row["seq_last_ts"] or last_ts)
+            items, actions, platforms = list(row["seq_items"]), list(row["seq_actions"]), list(row["seq_platforms"])
+            gaps = [float(g) + shift for g in row["seq_gaps"]]
+        seconds = group["ts"].map(lambda t: int(t.timestamp())).to_numpy()
+        items += group["item_id"].tolist()
+        actions += group["action"].tolist()
+        platforms += group["platform"].tolist()
+        gaps += (last_ts - seconds).astype(float).tolist()
+        rows.append(
+            {
+                "person_id": person,
+                "event_timestamp": group["ts"].iloc[-1],
+                "seq_items": items[-n:],
+                "seq_actions": actions[-n:],
+                "seq_platforms": platforms[-n:],
+                "seq_gaps": np.asarray(gaps[-n:], dtype=np.float32).tolist(),
+                "seq_last_ts": last_ts,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _activity_rows(reader: OnlineReader, events: pd.DataFrame) -> pd.DataFrame:
+    groups = list(events.groupby(["person_id", "platform"], sort=False))
+    keys = [{"person_id": p, "platform": pl} for (p, pl), _ in groups]
+    current = reader.read("person_activity", keys)
+    rows = []
+    for ((person, platform), group), row in zip(groups, current, strict=True):
+        counts = {f"{a}_{w}": 0 for a in ACTIONS for w in WINDOWS} | {f"events_{w}": 0 for w in WINDOWS}
+        newest = group["ts"].iloc[-1]
+        if row is not None:
+            counts.update({k: int(row.get(k) or 0) for k in counts})
+            if row["_event_ts"] is not None and row["_event_ts"].date() != newest.date():
+                for k in counts:
+                    if k.endswith("_1d"):
+                        counts[k] = 0
+        for action in group["action"]:
+            for w in WINDOWS:
+                counts[f"{action}_{w}"] += 1
+                counts[f"events_{w}"] += 1
+        rows.append({"person_id": person, "platform": platform, "event_timestamp": newest, **counts})
+    return pd.DataFrame(rows)
