@@ -135,10 +135,12 @@ person_sequence_fv = FeatureView(
         Field(name="seq_platforms", dtype=Array(String)),
         Field(name="seq_gaps", dtype=Array(Float32)),
         Field(name="seq_last_ts", dtype=Int64),
+        Field(name="seen_items", dtype=Array(String)),
     ],
     source=person_sequence_push,
     online=True,
-    description="Last N item events, oldest first; gaps are seconds before the last event.",
+    description="Last N item events, oldest first; gaps are seconds before the last event; "
+    "seen_items: the distinct items the person interacted with (the most recent 500).",
 )
 
 # TTL 30 days: popularity older than a month is not popularity.
@@ -216,6 +218,6 @@ vae_v1 = FeatureService(name="vae_v1", features=[person_sequence_fv], descriptio
 # The re-ranker's contract: person, person x platform, item and request-time features.
 ranker_v1 = FeatureService(
     name="ranker_v1",
-    features=[person_profile_fv, person_activity_fv, item_stats_fv, person_embedding_fv, person_recency],
+    features=[person_profile_fv, person_activity_fv, item_stats_fv, person_recency],
     description="Inputs of the XGBoost re-ranker (beside the VAE's own signals).",
 )

@@ -175,6 +175,77 @@ def online_features(
     print(json.dumps(result, indent=2, default=str))
 
 
+@app.command()
+def train(
+    events: Annotated[Path | None, typer.Option(help="Canonical events file (CSV or parquet) to ingest first.")] = None,
+    items: Annotated[Path | None, typer.Option(help="Canonical items file (with --events).")] = None,
+    links: Annotated[Path | None, typer.Option(help="Identity links file (with --events).")] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", "-s", help="ADAPTER[:PATH] to ingest first, as in `xinterest ingest`."),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the training report (JSON) here too.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum VAE epochs (early stopping decides).")] = None,
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Ingest (optional), build features, apply + materialize, train the VAE and the re-ranker,
+    evaluate against baselines, log and register in MLflow."""
+    import json
+    from dataclasses import replace
+
+    from pipelines.adapters import AdapterError, parse_source
+    from pipelines.adapters.canonical import read as read_canonical
+    from pipelines.ingest import ingest, ingest_sources
+    from pipelines.train import TrainError
+    from pipelines.train import train as run_training
+    from training.experiment import ExperimentConfig
+
+    settings, wd = _settings(workdir, profile)
+    try:
+        if events is not None:
+            result = ingest([read_canonical(events, items, links)], wd, settings, progress=True)
+            print_ingest_report(result.to_dict())
+        if source:
+            result = ingest_sources([parse_source(s) for s in source], wd, settings, progress=True)
+            print_ingest_report(result.to_dict())
+        config = ExperimentConfig(sequence_length=settings.sequence_length, seed=settings.seed)
+        if epochs is not None:
+            config = replace(config, train=replace(config.train, epochs=epochs))
+        outcome = run_training(wd, settings, config, progress=True)
+    except (AdapterError, TrainError) as e:
+        raise _fail(str(e)) from e
+    print_metrics(outcome.metrics, outcome.classification)
+    console.print(
+        f"registered xinterest-vae v{outcome.versions.get('vae')}, xinterest-ranker v{outcome.versions.get('ranker')}, "
+        f"xinterest-recommender v{outcome.versions.get('recommender')}; champion: v{outcome.champion}"
+        f"{' (new)' if outcome.promoted else ''}; MLflow run {outcome.run_id}; {outcome.seconds:.0f}s"
+    )
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(outcome.__dict__, indent=2, default=str))
+
+
+def print_metrics(metrics: dict[str, dict[str, float]], classification: dict[str, float] | None = None) -> None:
+    table = Table(title="test metrics (full ranking over unseen items)")
+    columns = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50"]
+    table.add_column("model")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for model, values in metrics.items():
+        table.add_row(model, *(f"{values.get(c, float('nan')):.4f}" for c in columns))
+    Console().print(table)
+    if classification:
+        console.print(
+            "re-ranker on test candidates: "
+            + ", ".join(
+                f"{k} {classification[k]:.3f}"
+                for k in ("auc", "precision", "recall", "f1", "accuracy")
+                if k in classification
+            )
+        )
+
+
 def _write_frame(frame: object, out: Path) -> None:
     import pandas as pd
 

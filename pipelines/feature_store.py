@@ -89,16 +89,22 @@ def apply(store: Any) -> None:
 
 
 def build_offline_tables(
-    workdir: Workdir, settings: Settings, events: pd.DataFrame | None = None, config: FeatureConfig | None = None
+    workdir: Workdir,
+    settings: Settings,
+    events: pd.DataFrame | None = None,
+    config: FeatureConfig | None = None,
+    items: pd.DataFrame | None = None,
+    persons: pd.DataFrame | None = None,
 ) -> dict[str, int]:
-    """Compute the offline feature tables from the lake (or from ``events``) into the repo's data/."""
-    lake = Lake(workdir.lake)
+    """Compute the offline feature tables from the lake (or from ``events``, with their
+    ``items`` and ``persons`` tables) into the repo's data/."""
     if events is None:
-        events = lake.events()
+        lake = Lake(workdir.lake)
+        events, items, persons = lake.events(), lake.table("items"), lake.table("persons")
     if events.empty:
         raise FeatureStoreError(f"the lake at {workdir.lake} has no events: run `xinterest ingest` first")
     config = config or FeatureConfig(sequence_length=settings.sequence_length)
-    tables = compute_features(events, lake.table("items"), lake.table("persons"), config)
+    tables = compute_features(events, items, persons, config)
     prepare_repo(workdir, settings)
     if not (workdir.feature_data / "person_embedding.parquet").exists():
         # Until a model writes embeddings, the view exists with no rows (its FeatureService resolves).
@@ -152,7 +158,9 @@ def refresh(workdir: Workdir, settings: Settings, events: pd.DataFrame | None = 
     }
 
 
-def historical_features(store: Any, entity_df: pd.DataFrame, service: str) -> pd.DataFrame:
+def historical_features(
+    store: Any, entity_df: pd.DataFrame, service: str, day_grain: Sequence[str] = ()
+) -> pd.DataFrame:
     """Point-in-time correct training frame: for each entity row, the feature values known at
     its ``event_timestamp``, for every feature of the FeatureService; one output row per input
     row, in input order.
@@ -174,10 +182,13 @@ def historical_features(store: Any, entity_df: pd.DataFrame, service: str) -> pd
         if missing:
             raise FeatureStoreError(f"{service} needs columns {missing} in the entity frame (for {name})")
         columns = [f.name for f in projection.features]
-        unique = out[[*keys, "event_timestamp"]].drop_duplicates().reset_index(drop=True)
+        at = out["event_timestamp"].dt.floor("D") if name in day_grain else out["event_timestamp"]
+        lookup = out[keys].assign(event_timestamp=at)
+        unique = lookup.drop_duplicates().reset_index(drop=True)
         got = store.get_historical_features(entity_df=unique, features=[f"{name}:{c}" for c in columns]).to_df()
         got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
-        out = out.merge(got[[*keys, "event_timestamp", *columns]], on=[*keys, "event_timestamp"], how="left")
+        got = lookup.merge(got[[*keys, "event_timestamp", *columns]], on=[*keys, "event_timestamp"], how="left")
+        out[columns] = got[columns].to_numpy()
     return out
 
 

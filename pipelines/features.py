@@ -36,6 +36,7 @@ class FeatureConfig:
     """Knobs of the feature pipelines; defaults are the documented behaviour."""
 
     sequence_length: int = 50
+    seen_items_cap: int = 500
     affinity_half_life_days: float = 14.0
     top_categories: int = 10
 
@@ -304,6 +305,22 @@ def person_sequence(events: pd.DataFrame, config: FeatureConfig) -> pa.Table:
     def listed(values: np.ndarray, type_: pa.DataType) -> pa.Array:
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=type_))
 
+    # Seen items: the first events of each (person, item), up to the snapshot, most recent kept.
+    item_codes = pd.factorize(ev["item_id"])[0].astype(np.int64)
+    first = np.flatnonzero(
+        ~pd.Series(pcodes.astype(np.int64) * (item_codes.max() + 1) + item_codes).duplicated().to_numpy()
+    )
+    hi = np.searchsorted(first, ends, side="right")
+    lo = np.maximum(np.searchsorted(first, person_start, side="left"), hi - config.seen_items_cap)
+    seen_lengths = hi - lo
+    seen_offsets = np.concatenate([[0], np.cumsum(seen_lengths)]).astype(np.int32)
+    seen_idx = first[
+        np.repeat(lo, seen_lengths) + (np.arange(seen_offsets[-1]) - np.repeat(seen_offsets[:-1], seen_lengths))
+    ]
+    seen = pa.ListArray.from_arrays(
+        pa.array(seen_offsets), pa.array(ev["item_id"].to_numpy()[seen_idx], type=pa.string())
+    )
+
     return pa.table(
         {
             "person_id": pa.array(persons[pcodes[ends]], type=pa.string()),
@@ -313,6 +330,7 @@ def person_sequence(events: pd.DataFrame, config: FeatureConfig) -> pa.Table:
             "seq_platforms": listed(ev["platform"].to_numpy()[idx], pa.string()),
             "seq_gaps": listed(gaps, pa.float32()),
             "seq_last_ts": pa.array(seconds[ends], type=pa.int64()),
+            "seen_items": seen,
         }
     )
 
@@ -327,6 +345,7 @@ def _empty_sequence() -> pa.Table:
             "seq_platforms": pa.array([], pa.list_(pa.string())),
             "seq_gaps": pa.array([], pa.list_(pa.float32())),
             "seq_last_ts": pa.array([], pa.int64()),
+            "seen_items": pa.array([], pa.list_(pa.string())),
         }
     )
 

@@ -17,8 +17,10 @@ import pandas as pd
 
 from pipelines.contract import ACTIONS
 from pipelines.feature_store import OnlineReader
+from pipelines.features import FeatureConfig
 
 WINDOWS = ("1d", "7d", "30d")
+SEEN_CAP = FeatureConfig().seen_items_cap
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ def _sequence_rows(reader: OnlineReader, events: pd.DataFrame, n: int) -> pd.Dat
     rows = []
     for person, row, (_, group) in zip(persons, current, with_items.groupby("person_id", sort=False), strict=True):
         last_ts = int(group["ts"].iloc[-1].timestamp())
-        items, actions, platforms, gaps = [], [], [], []
+        items, actions, platforms, gaps, seen = [], [], [], [], []
+        if row is not None and row.get("seen_items"):
+            seen = list(row["seen_items"])
         if row is not None and row.get("seq_items"):
             shift = last_ts - int(row["seq_last_ts"] or last_ts)
             items, actions, platforms = list(row["seq_items"]), list(row["seq_actions"]), list(row["seq_platforms"])
@@ -63,6 +67,11 @@ def _sequence_rows(reader: OnlineReader, events: pd.DataFrame, n: int) -> pd.Dat
         actions += group["action"].tolist()
         platforms += group["platform"].tolist()
         gaps += (last_ts - seconds).astype(float).tolist()
+        known = set(seen)
+        for item in group["item_id"]:
+            if item not in known:
+                known.add(item)
+                seen.append(item)
         rows.append(
             {
                 "person_id": person,
@@ -72,6 +81,7 @@ def _sequence_rows(reader: OnlineReader, events: pd.DataFrame, n: int) -> pd.Dat
                 "seq_platforms": platforms[-n:],
                 "seq_gaps": np.asarray(gaps[-n:], dtype=np.float32).tolist(),
                 "seq_last_ts": last_ts,
+                "seen_items": seen[-SEEN_CAP:],
             }
         )
     return pd.DataFrame(rows)

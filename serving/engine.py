@@ -1,0 +1,232 @@
+"""The scoring engine behind the REST service, batch ``recommend`` and the MLflow model:
+identity → online features → candidates → re-ranking → response, with cold starts.
+
+Everything a request needs comes from the online store (Feast's SQLite or Redis tables) in
+one batched read per view; item statistics are cached for ``item_cache_seconds`` because they
+only change at materialization.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pipelines.feature_store import OnlineReader
+from pipelines.identity import Pseudonymiser
+from training import ranker
+from training.recommender import Recommender
+
+log = logging.getLogger(__name__)
+VIEWS = ("person_sequence", "person_profile", "person_activity", "item_stats", "user_identity", "person_embedding")
+PERSON_COLUMNS = ("top_categories", "category_affinity", "platform_names", "platform_shares")
+
+
+@dataclass
+class Item:
+    item_id: str
+    platform: str
+    score: float
+    rank: int
+    explanation: dict[str, Any] | None = None
+
+
+@dataclass
+class Recommendation:
+    person_id: str
+    person_known: bool
+    cold_start: str | None  # None, "cross_platform" or "popularity"
+    items: list[Item] = field(default_factory=list)
+
+
+class UnknownPlatform(ValueError):
+    pass
+
+
+class Engine:
+    def __init__(
+        self,
+        recommender: Recommender,
+        store: Any,
+        pseudonymiser: Pseudonymiser,
+        model_version: str,
+        item_cache_seconds: float = 60.0,
+    ) -> None:
+        self.recommender = recommender
+        self.store = store
+        self.pseudonymiser = pseudonymiser
+        self.model_version = model_version
+        self.reader = OnlineReader(store, VIEWS)
+        self.recency = store.get_on_demand_feature_view("person_recency").feature_transformation.udf
+        self.platforms = set(recommender.vocab.platforms)
+        self._item_cache: dict[str, dict[str, Any] | None] = {}
+        self._item_cache_at = 0.0
+        self._item_cache_seconds = item_cache_seconds
+        self._lock = threading.Lock()
+
+    # -- identity -------------------------------------------------------------------------
+    def person_of(self, platform: str, user_id: str) -> str:
+        """The person of a platform account: its identity link, else the account's own person
+        (what identity resolution gives an account without links)."""
+        user = self.pseudonymiser.user(platform, user_id)
+        row = self.reader.read_one("user_identity", {"user_id": user})
+        return row["person_id"] if row and row.get("person_id") else self.pseudonymiser.person(user)
+
+    def check_platform(self, platform: str | None) -> None:
+        if platform is not None and platform not in self.platforms:
+            raise UnknownPlatform(
+                f"unknown platform {platform!r}: this model knows {', '.join(sorted(self.platforms))}"
+            )
+
+    # -- features -------------------------------------------------------------------------
+    def _items(self, item_ids: list[str]) -> list[dict[str, Any] | None]:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._item_cache_at > self._item_cache_seconds:
+                self._item_cache.clear()
+                self._item_cache_at = now
+            missing = [i for i in item_ids if i not in self._item_cache]
+        if missing:
+            rows = self.reader.read("item_stats", [{"item_id": i} for i in missing])
+            with self._lock:
+                self._item_cache.update(zip(missing, rows, strict=True))
+        return [self._item_cache.get(i) for i in item_ids]
+
+    def _feast_columns(
+        self, person_id: str, profile: dict[str, Any] | None, platforms: np.ndarray, items: list[str], now: datetime
+    ) -> dict[str, Any]:
+        n = len(items)
+        profile = profile or {}
+        wanted = sorted(set(platforms.tolist()))
+        activity = dict(
+            zip(
+                wanted,
+                self.reader.read("person_activity", [{"person_id": person_id, "platform": p} for p in wanted]),
+                strict=True,
+            )
+        )
+        recency = self.recency({"request_ts": [int(now.timestamp())], "last_event_ts": [profile.get("last_event_ts")]})
+        cols: dict[str, Any] = {
+            "events_total_30d": np.full(n, profile.get("events_total_30d"), dtype=object),
+            "active_platforms_30d": np.full(n, profile.get("active_platforms_30d"), dtype=object),
+            "seconds_since_last_event": np.full(
+                n, recency["seconds_since_last_event"][0] if profile else None, dtype=object
+            ),
+        }
+        for name in PERSON_COLUMNS:
+            cols[name] = [profile.get(name)] * n
+        for name in ranker.FEAST_ACTIVITY:
+            cols[name] = np.array([(activity.get(p) or {}).get(name) for p in platforms], dtype=object)
+        stats = self._items(items)
+        for name in ranker.FEAST_ITEM:
+            cols[name] = np.array([(s or {}).get(name) for s in stats], dtype=object)
+        return cols
+
+    # -- scoring --------------------------------------------------------------------------
+    def recommend(
+        self,
+        person_id: str,
+        k: int = 20,
+        platform: str | None = None,
+        exclude_seen: bool = True,
+        explain: bool = False,
+        now: datetime | None = None,
+    ) -> Recommendation:
+        self.check_platform(platform)
+        now = now or datetime.now(UTC)
+        rows = self.reader.read_batch(
+            [("person_sequence", [{"person_id": person_id}]), ("person_profile", [{"person_id": person_id}])]
+        )
+        sequence, profile = rows[0][0], rows[1][0]
+        if sequence is None or not sequence.get("seq_items"):
+            return self._popular(person_id, k, platform, sequence is not None)
+        on_platform = (
+            platform is None
+            or platform in set(sequence.get("seq_platforms") or [])
+            or platform in set((profile or {}).get("platform_names") or [])
+        )
+        seen = set(sequence.get("seen_items") or sequence.get("seq_items") or [])
+        rec = self.recommender
+        cands = rec.candidates([sequence], [seen], platform, exclude_seen=exclude_seen)
+        if cands.items.shape[1] == 0:
+            return self._popular(person_id, k, platform, True)
+        item_idx = cands.items[0]
+        item_ids = [rec.vocab.items[j] for j in item_idx]
+        signals = rec.signal_columns(cands, [list(sequence.get("seq_platforms") or [None])[-1]])
+        x = rec.feature_matrix(signals, self._feast_columns(person_id, profile, signals["_platform"], item_ids, now))
+        order, probability = rec.rank(cands, x)
+        top = order[0][:k]
+        out = Recommendation(person_id, True, None if on_platform else "cross_platform")
+        contributions = ranker.contributions(rec.booster, x[top]) if explain and rec.booster is not None else None
+        for r, c in enumerate(top):
+            item = Item(item_ids[c], str(rec.item_platform[item_idx[c]]), round(float(probability[0][c]), 6), r + 1)
+            if explain:
+                item.explanation = self._explain(
+                    contributions[r] if contributions is not None else None,
+                    cands,
+                    sequence,
+                    rec.item_category[item_idx[c]],
+                )
+            out.items.append(item)
+        return out
+
+    def _popular(self, person_id: str, k: int, platform: str | None, known: bool) -> Recommendation:
+        items = self.recommender.popular(platform, k)
+        platform_of = dict(zip(self.recommender.vocab.items, self.recommender.vocab.item_platform, strict=True))
+        return Recommendation(
+            person_id,
+            known,
+            "popularity",
+            [Item(i, platform_of[i], round(s, 6), r + 1) for r, (i, s) in enumerate(items)],
+        )
+
+    def _explain(
+        self, contribution: np.ndarray | None, cands: Any, sequence: dict[str, Any], category: Any
+    ) -> dict[str, Any]:
+        features: list[list[Any]] = []
+        if contribution is not None:
+            values = contribution[:-1]  # the last column is the bias
+            for j in np.argsort(-np.abs(values))[:5]:
+                features.append([ranker.FEATURES[j], round(float(values[j]), 4)])
+        seq_items = list(sequence.get("seq_items") or [])[-self.recommender.sequence_length :]
+        weights = cands.attention[0][: len(seq_items)]
+        order = np.argsort(-weights, kind="stable")
+        rec = self.recommender
+        same = [
+            seq_items[i]
+            for i in order
+            if rec.vocab.item_index.get(seq_items[i]) is not None
+            and rec.item_category[rec.vocab.item_index[seq_items[i]]] == category
+        ]
+        because = list(dict.fromkeys(same or [seq_items[i] for i in order]))[:3]
+        return {"features": features, "because_of": because}
+
+    def score(
+        self, person_id: str, item_ids: list[str], now: datetime | None = None
+    ) -> tuple[bool, list[float | None]]:
+        """Interest probability of each item for the person (None for items the model does not know)."""
+        now = now or datetime.now(UTC)
+        rows = self.reader.read_batch(
+            [("person_sequence", [{"person_id": person_id}]), ("person_profile", [{"person_id": person_id}])]
+        )
+        sequence, profile = rows[0][0], rows[1][0]
+        rec = self.recommender
+        known = [(i, rec.vocab.item_index[it]) for i, it in enumerate(item_ids) if it in rec.vocab.item_index]
+        out: list[float | None] = [None] * len(item_ids)
+        if not known:
+            return sequence is not None, out
+        idx = np.array([[j for _, j in known]], dtype=np.int64)
+        seen = set((sequence or {}).get("seen_items") or [])
+        cands = rec.candidates([sequence], [seen], None, exclude_seen=False, items=idx)
+        signals = rec.signal_columns(cands, [list((sequence or {}).get("seq_platforms") or [None])[-1]])
+        names = [rec.vocab.items[j] for j in idx[0]]
+        x = rec.feature_matrix(signals, self._feast_columns(person_id, profile, signals["_platform"], names, now))
+        _, probability = rec.rank(cands, x)
+        for (i, _), p in zip(known, probability[0], strict=True):
+            out[i] = round(float(p), 6)
+        return sequence is not None, out

@@ -1,0 +1,367 @@
+"""One training and evaluation run on a split: every model on the same held-out data.
+
+The training view (events before each person's validation item) and the test view (events
+before the test item) each get their own offline Feast tables, built by the same feature
+pipelines as serving; models read their inputs through the ``vae_v1`` and ``ranker_v1``
+FeatureServices with point-in-time retrieval at each person's cutoff. The VAE and the base
+models learn on the training view; the re-ranker learns on the validation items; all models
+are scored on the test items with full ranking over the items the person has not interacted
+with (of the target platform, when there is one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipelines import feature_store as fs
+from pipelines.config import Settings, Workdir
+from pipelines.features import FeatureConfig
+from training import baselines, ranker
+from training.data import Split, Vocab, interactions
+from training.metrics import best_f1_threshold, classification_report, ranking_report, top_k
+from training.ranker import RankerConfig
+from training.recommender import Candidates, Recommender
+from training.trainer import History, TrainConfig, fit, infer
+from training.vae import VAEConfig
+
+log = logging.getLogger(__name__)
+KS = (10, 20, 50)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    sequence_length: int = 50
+    n_candidates: int = 100
+    d_model: int = 64
+    d_latent: int = 64
+    d_hidden: int = 256
+    n_layers: int = 1
+    input_dropout: float = 0.3
+    min_item_count: int = 1
+    ease_l2: float = 200.0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reranker: RankerConfig = field(default_factory=RankerConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExperimentResult:
+    recommender: Recommender
+    metrics: dict[str, dict[str, float]]  # model → Recall/NDCG@K on the test items
+    breakdown: dict[str, dict[str, dict[str, float]]]  # slice → model → metrics
+    classification: dict[str, float]  # re-ranker on the test candidates
+    curves: dict[str, Any]  # ROC / PR points, VAE history, ranker curves
+    timings: dict[str, float]
+    split_info: dict[str, Any]
+    history: History
+
+
+class _View:
+    """The offline Feast store of one event view (training or test)."""
+
+    def __init__(
+        self,
+        root: Path,
+        events: pd.DataFrame,
+        items: pd.DataFrame | None,
+        persons: pd.DataFrame | None,
+        sequence_length: int,
+    ) -> None:
+        self.settings = Settings(workdir=root, profile="local", sequence_length=sequence_length)
+        self.workdir = Workdir.at(root)
+        fs.build_offline_tables(
+            self.workdir,
+            self.settings,
+            events,
+            FeatureConfig(sequence_length=sequence_length),
+            items=items,
+            persons=persons,
+        )
+        self.store = fs.open_store(self.workdir, self.settings)
+        fs.apply(self.store)
+
+    def sequences(self, persons: pd.Series, at: pd.Series) -> list[dict[str, Any] | None]:
+        frame = fs.historical_features(
+            self.store, pd.DataFrame({"person_id": persons, "event_timestamp": at}), fs.VAE_SERVICE
+        )
+        return [
+            None
+            if not isinstance(r, list | np.ndarray)
+            else {"seq_items": list(r), "seq_actions": list(a), "seq_platforms": list(p), "seq_gaps": list(g)}
+            for r, a, p, g in zip(
+                frame["seq_items"], frame["seq_actions"], frame["seq_platforms"], frame["seq_gaps"], strict=True
+            )
+        ]
+
+    def pair_features(
+        self, persons: np.ndarray, items: np.ndarray, platforms: np.ndarray, at: np.ndarray
+    ) -> pd.DataFrame:
+        entity = pd.DataFrame(
+            {
+                "person_id": persons,
+                "platform": platforms,
+                "item_id": items,
+                "event_timestamp": at,
+                "request_ts": (pd.to_datetime(at, utc=True).astype("int64") // 10**9).astype(np.int64),
+            }
+        )
+        return fs.historical_features(self.store, entity, fs.RANKER_SERVICE, day_grain=("item_stats",))
+
+
+def _cutoffs(events: pd.DataFrame, held: pd.DataFrame) -> pd.DataFrame:
+    """Per person in ``events``: the retrieval time (the held-out item's time, else just after
+    the person's last event) and the person's seen items."""
+    last = events.groupby("person_id")["ts"].max() + pd.Timedelta(microseconds=1)
+    at = held.groupby("person_id")["ts"].min()
+    frame = pd.DataFrame({"at": last})
+    frame.loc[at.index.intersection(frame.index), "at"] = at
+    return frame
+
+
+def _relevant(held: pd.DataFrame, persons: pd.Index, vocab: Vocab) -> list[set[int]]:
+    """Held-out decoder indices per person; items unknown to the model are kept as negative
+    ids, so they count in the denominator and can never be hit."""
+    out: list[set[int]] = [set() for _ in range(len(persons))]
+    pos = {p: i for i, p in enumerate(persons)}
+    unknown = -1
+    for person, item in zip(held["person_id"], held["item_id"], strict=True):
+        j = vocab.item_index.get(item)
+        if j is None:
+            j, unknown = unknown, unknown - 1
+        out[pos[person]].add(j)
+    return out
+
+
+def _item_sets(pairs: pd.DataFrame, persons: pd.Index) -> list[set[str]]:
+    grouped = pairs.groupby("person_id")["item_id"].agg(set)
+    return [grouped.get(p, set()) for p in persons]
+
+
+def _mask(scores: np.ndarray, seen: sp.csr_matrix, allowed: np.ndarray) -> np.ndarray:
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    scores[seen.toarray() > 0] = -np.inf
+    scores[:, ~allowed] = -np.inf
+    return scores
+
+
+def run(
+    split: Split,
+    items: pd.DataFrame | None,
+    persons: pd.DataFrame | None,
+    scratch: Path,
+    config: ExperimentConfig | None = None,
+    progress: bool = False,
+    on_epoch: Any = None,
+) -> ExperimentResult:
+    config = config or ExperimentConfig()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    train_pairs = interactions(split.train_events)
+    vocab = Vocab.build(train_pairs, items, config.min_item_count)
+    train_persons = pd.Index(sorted(split.train_events["person_id"].unique()))
+    train_view = _View(scratch / "train_view", split.train_events, items, persons, config.sequence_length)
+    cut = _cutoffs(split.train_events, split.valid).reindex(train_persons)
+    sequences = train_view.sequences(pd.Series(train_persons), cut["at"].reset_index(drop=True))
+    inputs = vocab.encode_sequences(sequences, config.sequence_length)
+    bags = vocab.bag([list(s) for s in _item_sets(train_pairs, train_persons)])
+    timings["features_seconds"] = time.perf_counter() - t0
+
+    valid_persons = pd.Index(sorted(split.valid["person_id"].unique())).intersection(train_persons)
+    valid_rows = train_persons.get_indexer(valid_persons)
+    valid_targets = _relevant(split.valid[split.valid["person_id"].isin(valid_persons)], valid_persons, vocab)
+    vae_config = VAEConfig(
+        n_items=vocab.n_items,
+        n_actions=10,
+        n_platforms=len(vocab.platforms),
+        d_model=config.d_model,
+        d_latent=config.d_latent,
+        d_hidden=config.d_hidden,
+        n_layers=config.n_layers,
+        input_dropout=config.input_dropout,
+    )
+    t1 = time.perf_counter()
+    model, history = fit(vae_config, inputs, bags, valid_rows, valid_targets, config.train, progress, on_epoch)
+    timings["vae_seconds"] = time.perf_counter() - t1
+
+    # Base models on the training view.
+    t2 = time.perf_counter()
+    x_train = sp.csr_matrix(bags)
+    popularity = baselines.popularity(x_train)
+    kind, item_item = baselines.item_item_model(x_train, config.ease_l2)
+    _, mu, _ = infer(model, inputs)
+    counts = np.asarray(x_train.sum(axis=0)).ravel()
+    item_latent = np.asarray((x_train.T @ mu) / np.maximum(counts, 1)[:, None], dtype=np.float32)
+    item_latent /= np.maximum(np.linalg.norm(item_latent, axis=1, keepdims=True), 1e-9)
+    timings["base_models_seconds"] = time.perf_counter() - t2
+
+    recommender = Recommender(
+        model,
+        vocab,
+        item_item,
+        popularity,
+        item_latent,
+        None,
+        {
+            "sequence_length": config.sequence_length,
+            "n_candidates": config.n_candidates,
+            "item_item_kind": kind,
+            "time_known": split.time_known,
+            "target_platform": split.target_platform,
+        },
+    )
+
+    # Re-ranker on the validation items.
+    t3 = time.perf_counter()
+    valid_seq = [sequences[i] for i in valid_rows]
+    valid_seen = [set(s) for s in np.array(_item_sets(train_pairs, train_persons), dtype=object)[valid_rows]]
+    cands = recommender.candidates(valid_seq, valid_seen, split.target_platform)
+    rng = np.random.default_rng(config.seed)
+    rows, cols, labels = ranker.sample_pairs(cands.items, valid_targets, config.reranker.negatives_per_positive, rng)
+    x_valid, _ = _pair_matrix(
+        recommender,
+        train_view,
+        cands,
+        valid_persons,
+        valid_seq,
+        cut["at"].reindex(valid_persons).to_numpy(),
+        rows,
+        cols,
+    )
+    booster, ranker_info = ranker.train(x_valid, labels, rows, config.reranker)
+    recommender.booster = booster
+    recommender.meta.update(
+        {"scale_pos_weight": ranker_info["scale_pos_weight"], "best_iteration": ranker_info["best_iteration"]}
+    )
+    valid_p = ranker.calibrate(ranker.predict(booster, x_valid), ranker_info["scale_pos_weight"])
+    threshold = best_f1_threshold(labels, valid_p)
+    recommender.meta["threshold"] = threshold
+    timings["ranker_seconds"] = time.perf_counter() - t3
+
+    # Test.
+    t4 = time.perf_counter()
+    test_view = _View(scratch / "test_view", split.test_events, items, persons, config.sequence_length)
+    test_persons = pd.Index(sorted(split.test["person_id"].unique()))
+    test_pairs = interactions(split.test_events)
+    test_seen_sets = _item_sets(test_pairs, test_persons)
+    test_cut = _cutoffs(split.test_events, split.test).reindex(test_persons)
+    test_seq = test_view.sequences(pd.Series(test_persons), test_cut["at"].reset_index(drop=True))
+    relevant = _relevant(split.test, test_persons, vocab)
+    allowed = vocab.platform_mask(split.target_platform)
+    seen = recommender.seen_matrix(test_seen_sets)
+
+    ranked: dict[str, np.ndarray] = {}
+    ranked["popularity"] = top_k(_mask(np.tile(popularity, (len(test_persons), 1)), seen, allowed), max(KS))
+    x_test = seen.astype(np.float32)
+    if vocab.n_items <= baselines.EASE_MAX_ITEMS:
+        ranked["ease"] = top_k(
+            _mask(baselines.scores(x_test, baselines.ease(x_train, config.ease_l2)), seen, allowed), max(KS)
+        )
+    ranked["itemknn"] = top_k(_mask(baselines.scores(x_test, baselines.item_knn(x_train)), seen, allowed), max(KS))
+    test_inputs = vocab.encode_sequences(test_seq, config.sequence_length)
+    logits, _, _ = infer(model, test_inputs)
+    ranked["vae"] = top_k(_mask(logits, seen, allowed), max(KS))
+    cands = recommender.candidates(test_seq, test_seen_sets, split.target_platform)
+    n = cands.items.shape[1]
+    all_rows, all_cols = np.repeat(np.arange(len(test_persons)), n), np.tile(np.arange(n), len(test_persons))
+    x_all, _ = _pair_matrix(
+        recommender, test_view, cands, test_persons, test_seq, test_cut["at"].to_numpy(), all_rows, all_cols
+    )
+    order, probability = recommender.rank(cands, x_all)
+    reranked = np.take_along_axis(cands.items, order, axis=1)
+    ranked["vae+ranker"] = reranked[:, : max(KS)]
+    timings["test_seconds"] = time.perf_counter() - t4
+
+    metrics = {name: ranking_report(r, relevant, KS) for name, r in ranked.items()}
+    y = np.array([[int(c in rel) for c in row] for row, rel in zip(cands.items, relevant, strict=True)]).ravel()
+    p = probability.ravel()
+    classification = classification_report(y, p, threshold) if len(y) else {}
+    classification["candidate_recall"] = float(
+        np.mean([bool(set(row) & rel) for row, rel in zip(cands.items, relevant, strict=True) if rel])
+    )
+    curves = _curves(y, p)
+    curves["ranker"] = ranker_info.pop("curves")
+    curves["vae_history"] = history.epochs
+    breakdown = _breakdown(ranked, relevant, split, test_persons)
+    recommender.meta.update({"ranker": ranker_info, "vae_best_epoch": history.best_epoch})
+    timings["total_seconds"] = time.perf_counter() - t0
+    info = {
+        **split.info,
+        "items": vocab.n_items,
+        "platforms": vocab.platforms,
+        "item_item_kind": kind,
+        "ranker": ranker_info,
+        "threshold": threshold,
+    }
+    return ExperimentResult(recommender, metrics, breakdown, classification, curves, timings, info, history)
+
+
+def _pair_matrix(
+    recommender: Recommender,
+    view: _View,
+    cands: Candidates,
+    persons: pd.Index,
+    sequences: list[dict[str, Any] | None],
+    at: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Ranker features of the (row, candidate column) pairs: signals + ranker_v1 at ``at``."""
+    last = [(s or {}).get("seq_platforms", [None])[-1] if s and s.get("seq_platforms") else None for s in sequences]
+    signals = recommender.signal_columns(cands, last)
+    n = cands.items.shape[1]
+    flat = rows * n + cols
+    picked = {k: np.asarray(v)[flat] for k, v in signals.items()}
+    item_idx = cands.items[rows, cols]
+    frame = view.pair_features(
+        np.asarray(persons)[rows],
+        np.asarray(recommender.vocab.items, dtype=object)[item_idx],
+        recommender.item_platform[item_idx],
+        pd.to_datetime(at[rows], utc=True),
+    )
+    return recommender.feature_matrix(picked, {c: frame[c].to_numpy() for c in frame.columns}), frame
+
+
+def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    if len(np.unique(y)) < 2:
+        return {}
+    fpr, tpr, _ = roc_curve(y, p)
+    precision, recall, _ = precision_recall_curve(y, p)
+    step = max(1, len(fpr) // 500)
+    return {
+        "roc": {"fpr": fpr[::step].tolist(), "tpr": tpr[::step].tolist()},
+        "pr": {"precision": precision[::step].tolist(), "recall": recall[::step].tolist()},
+    }
+
+
+def _breakdown(
+    ranked: dict[str, np.ndarray], relevant: list[set[int]], split: Split, persons: pd.Index
+) -> dict[str, Any]:
+    """Metrics by the held-out item's platform, and for persons with at most 5 events on it."""
+    out: dict[str, Any] = {}
+    platform_of = split.test.groupby("person_id")["platform"].first().reindex(persons)
+    on_platform = split.test_events.groupby(["person_id", "platform"]).size()
+    counts = np.array([on_platform.get((p, pl), 0) for p, pl in zip(persons, platform_of, strict=True)])
+    for platform in sorted(platform_of.dropna().unique()):
+        sel = (platform_of == platform).to_numpy()
+        out[f"platform={platform}"] = {
+            m: ranking_report(r[sel], [relevant[i] for i in np.flatnonzero(sel)], KS) for m, r in ranked.items()
+        }
+    sparse = counts <= 5
+    if sparse.any():
+        out["sparse(<=5 events on the platform)"] = {
+            m: ranking_report(r[sparse], [relevant[i] for i in np.flatnonzero(sparse)], KS) for m, r in ranked.items()
+        }
+    return out

@@ -1,0 +1,249 @@
+"""The deployable recommender: attention-VAE candidates, re-ranked by the XGBoost ensemble.
+
+One object serves offline evaluation and the online service (same code, same features):
+:meth:`Recommender.candidates` encodes sequences and proposes the VAE's top-N unseen items
+(of a target platform when asked), :meth:`Recommender.rank` re-ranks them with the booster
+from named feature columns. :meth:`save`/:meth:`load` keep it in one folder (the MLflow
+model's artifacts).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from numpy.typing import NDArray
+
+from training import ranker
+from training.data import Vocab
+from training.metrics import top_k
+from training.trainer import infer
+from training.vae import AttentionVAE, VAEConfig
+
+
+@dataclass
+class Candidates:
+    items: NDArray[np.int64]  # (B, N) decoder indices, VAE order
+    vae_score: NDArray[np.float32]  # (B, N)
+    item_item: NDArray[np.float32]  # (B, N)
+    vae_rank: NDArray[np.int64]  # (B, N) rank among all allowed items (1 = best)
+    item_item_rank: NDArray[np.int64]  # (B, N)
+    mu: NDArray[np.float32]  # (B, L) interest embeddings
+    attention: NDArray[np.float32]  # (B, T) pooling weights over the encoded events
+    encoded_items: NDArray[np.int64]  # (B, T) encoder item indices (0 = pad)
+
+
+def _ranks(scores: NDArray[np.float32]) -> NDArray[np.int64]:
+    """Rank of every item in its row (1 = highest score; ties by index)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1)[None, :].repeat(len(scores), 0), axis=1)
+    return ranks
+
+
+@dataclass
+class Recommender:
+    vae: AttentionVAE
+    vocab: Vocab
+    item_item: sp.csc_matrix
+    popularity: NDArray[np.float64]
+    item_latent: NDArray[np.float32]
+    booster: Any | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.item_platform = np.asarray(self.vocab.item_platform, dtype=object)
+        self.item_category = np.asarray(self.vocab.item_category, dtype=object)
+        self.platform_masks = {p: self.item_platform == p for p in self.vocab.platforms}
+        # Popularity rank of each item within its platform (1 = most popular).
+        self.pop_rank = np.zeros(self.vocab.n_items, dtype=np.float32)
+        for mask in self.platform_masks.values():
+            idx = np.flatnonzero(mask)
+            order = idx[np.argsort(-self.popularity[idx], kind="stable")]
+            self.pop_rank[order] = np.arange(1, len(order) + 1)
+
+    @property
+    def sequence_length(self) -> int:
+        return int(self.meta.get("sequence_length", 50))
+
+    @property
+    def n_candidates(self) -> int:
+        return int(self.meta.get("n_candidates", 100))
+
+    # -- candidates ------------------------------------------------------------------------
+    def seen_matrix(self, seen: list[set[str]]) -> sp.csr_matrix:
+        rows, cols = [], []
+        for r, items in enumerate(seen):
+            for item in items:
+                j = self.vocab.item_index.get(item)
+                if j is not None:
+                    rows.append(r)
+                    cols.append(j)
+        data = np.ones(len(rows), dtype=np.float32)
+        return sp.csr_matrix((data, (rows, cols)), shape=(len(seen), self.vocab.n_items))
+
+    def _scores(
+        self, sequences: list[dict[str, Any] | None], seen: list[set[str]], platform: str | None, exclude_seen: bool
+    ) -> tuple[
+        NDArray[np.float32],
+        NDArray[np.float32],
+        NDArray[np.bool_],
+        NDArray[np.float32],
+        NDArray[np.float32],
+        NDArray[np.int64],
+    ]:
+        inputs = self.vocab.encode_sequences(sequences, self.sequence_length)
+        with torch.no_grad():
+            logits, mu, attention = infer(self.vae, inputs)
+        x = self.seen_matrix(seen)
+        item_item = np.asarray((x @ self.item_item).toarray(), dtype=np.float32)
+        blocked = np.zeros(logits.shape, dtype=bool)
+        if exclude_seen:
+            blocked |= x.toarray() > 0
+        if platform is not None:
+            blocked[:, ~self.vocab.platform_mask(platform)] = True
+        return logits, item_item, blocked, mu, attention, inputs["items"]
+
+    def candidates(
+        self,
+        sequences: list[dict[str, Any] | None],
+        seen: list[set[str]],
+        platform: str | None = None,
+        n: int | None = None,
+        exclude_seen: bool = True,
+        items: NDArray[np.int64] | None = None,
+    ) -> Candidates:
+        """``n`` candidates per person: the union of the VAE's and the item-item model's best
+        unseen items (of the target ``platform``), half from each where they differ; ordered
+        by that merged priority (then VAE score). With ``items`` (B, M), those items are the
+        candidates instead (for scoring given items)."""
+        n = n or self.n_candidates
+        logits, item_item, blocked, mu, attention, encoded = self._scores(sequences, seen, platform, exclude_seen)
+        vae_rank = _ranks(np.where(blocked, -np.inf, logits))
+        ii_rank = _ranks(np.where(blocked, -np.inf, item_item))
+        if items is not None:
+            cands = items
+        else:
+            half = max(1, n // 2)
+            priority = np.minimum(vae_rank, ii_rank * (half / max(1, n - half))).astype(np.float64)
+            priority += vae_rank * 1e-6  # ties: the VAE decides
+            priority[blocked] = np.inf
+            allowed = int((~blocked).sum(axis=1).min()) if len(blocked) else 0
+            cands = top_k(-priority, max(1, min(n, allowed))) if allowed else np.zeros((len(logits), 0), np.int64)
+        return Candidates(
+            items=cands,
+            vae_score=np.take_along_axis(logits, cands, axis=1),
+            item_item=np.take_along_axis(item_item, cands, axis=1),
+            vae_rank=np.take_along_axis(vae_rank, cands, axis=1),
+            item_item_rank=np.take_along_axis(ii_rank, cands, axis=1),
+            mu=mu,
+            attention=attention,
+            encoded_items=encoded,
+        )
+
+    # -- ranking ---------------------------------------------------------------------------
+    def signal_columns(self, cands: Candidates, last_platform: list[str | None]) -> dict[str, NDArray[Any]]:
+        """The base recommenders' signals per (person, candidate) pair, flattened row-major."""
+        b, n = cands.items.shape
+        flat = cands.items.ravel()
+        mu = cands.mu / np.maximum(np.linalg.norm(cands.mu, axis=1, keepdims=True), 1e-9)
+        sim = np.einsum("bl,bnl->bn", mu, self.item_latent[cands.items]) if n else np.zeros((b, 0))
+        platforms = self.item_platform[flat] if n else np.array([], dtype=object)
+        return {
+            "vae_score": cands.vae_score.ravel(),
+            "vae_rank": cands.vae_rank.ravel(),
+            "vae_sim": sim.ravel(),
+            "item_item_score": cands.item_item.ravel(),
+            "item_item_rank": cands.item_item_rank.ravel(),
+            "pop_train": self.popularity[flat],
+            "pop_rank_platform": self.pop_rank[flat],
+            "same_platform_as_last": (platforms == np.repeat(np.asarray(last_platform, dtype=object), n)).astype(
+                np.float32
+            ),
+            "_platform": platforms,
+            "_category": self.item_category[flat] if n else np.array([], dtype=object),
+        }
+
+    def feature_matrix(self, signals: dict[str, NDArray[Any]], feast: dict[str, Any]) -> NDArray[np.float32]:
+        """Signals plus the ``ranker_v1`` features of each pair (a frame or dict of columns)."""
+        columns: dict[str, Any] = dict(signals)
+        for name in ranker.FEAST_PERSON + ranker.FEAST_ACTIVITY + ranker.FEAST_ITEM:
+            if name in feast:
+                columns[name] = np.asarray(feast[name], dtype=object)
+        columns["cat_affinity"] = ranker.lookup_share(
+            feast["top_categories"], feast["category_affinity"], signals["_category"]
+        )
+        columns["platform_share"] = ranker.lookup_share(
+            feast["platform_names"], feast["platform_shares"], signals["_platform"]
+        )
+        return ranker.assemble(columns)
+
+    def rank(self, cands: Candidates, x: NDArray[np.float32]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Re-ranked candidate order per person and the calibrated probabilities (B, N)."""
+        b, n = cands.items.shape
+        if self.booster is None or n == 0:
+            return np.tile(np.arange(n), (b, 1)), np.zeros((b, n), np.float32)
+        p = ranker.calibrate(ranker.predict(self.booster, x), float(self.meta.get("scale_pos_weight", 1.0)))
+        p = p.reshape(b, n)
+        # Ties (equal probabilities) keep the VAE's order.
+        order = np.lexsort((np.tile(np.arange(n), (b, 1)), -p), axis=1)
+        return order, p
+
+    def popular(self, platform: str | None, k: int, exclude: set[str] | None = None) -> list[tuple[str, float]]:
+        """Most popular items (of a platform), for cold starts."""
+        mask = self.vocab.platform_mask(platform)
+        idx = np.flatnonzero(mask)
+        idx = idx[np.argsort(-self.popularity[idx], kind="stable")]
+        total = max(1.0, float(self.popularity[idx].sum()))
+        out = []
+        for j in idx:
+            item = self.vocab.items[j]
+            if exclude and item in exclude:
+                continue
+            out.append((item, float(self.popularity[j] / total)))
+            if len(out) == k:
+                break
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": self.vae.config.to_dict(), "state": self.vae.state_dict()}, folder / "vae.pt")
+        (folder / "vocab.json").write_text(json.dumps(self.vocab.to_dict()))
+        sp.save_npz(folder / "item_item.npz", self.item_item.tocsc())
+        np.savez(folder / "arrays.npz", popularity=self.popularity, item_latent=self.item_latent)
+        if self.booster is not None:
+            self.booster.save_model(str(folder / "ranker.ubj"))
+        (folder / "meta.json").write_text(json.dumps(self.meta, indent=2, default=str))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> Recommender:
+        checkpoint = torch.load(folder / "vae.pt", map_location="cpu", weights_only=True)
+        vae = AttentionVAE(VAEConfig(**checkpoint["config"]))
+        vae.load_state_dict(checkpoint["state"])
+        vae.eval()
+        arrays = np.load(folder / "arrays.npz")
+        booster = None
+        if (folder / "ranker.ubj").exists():
+            import xgboost as xgb
+
+            booster = xgb.Booster()
+            booster.load_model(str(folder / "ranker.ubj"))
+            meta = json.loads((folder / "meta.json").read_text())
+            if meta.get("best_iteration") is not None:
+                booster.best_iteration = int(meta["best_iteration"])
+        return cls(
+            vae=vae,
+            vocab=Vocab(**json.loads((folder / "vocab.json").read_text())),
+            item_item=sp.load_npz(folder / "item_item.npz").tocsc(),
+            popularity=arrays["popularity"],
+            item_latent=arrays["item_latent"],
+            booster=booster,
+            meta=json.loads((folder / "meta.json").read_text()),
+        )

@@ -1,0 +1,158 @@
+"""Training loop of the attention-VAE: beta annealing, early stopping on validation NDCG@20."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from training.metrics import ndcg_at_k, top_k
+from training.vae import AttentionVAE, VAEConfig, vae_loss
+
+log = logging.getLogger(__name__)
+INPUTS = ("items", "actions", "platforms", "gaps")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    beta_max: float = 0.2
+    anneal_steps: int = 3000  # steps for beta to grow from 0 to beta_max
+    patience: int = 6  # epochs without a better validation NDCG@20 before stopping
+    seed: int = 0
+    threads: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_ndcg20: float = float("-inf")
+    seconds: float = 0.0
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(1, len(self.epochs))
+
+
+def _tensors(inputs: dict[str, np.ndarray], rows: np.ndarray) -> list[torch.Tensor]:
+    return [torch.from_numpy(inputs[k][rows]) for k in INPUTS]
+
+
+@torch.no_grad()
+def infer(
+    model: AttentionVAE, inputs: dict[str, np.ndarray], batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (B, n_items), latent means (B, L) and attention weights (B, T), in eval mode."""
+    model.eval()
+    n = len(inputs["items"])
+    logits, mus, weights = [], [], []
+    for lo in range(0, n, batch_size):
+        rows = np.arange(lo, min(n, lo + batch_size))
+        mu, _, w = model.encode(*_tensors(inputs, rows))
+        logits.append(model.decode(mu).numpy())
+        mus.append(mu.numpy())
+        weights.append(w.numpy())
+    if not logits:
+        d = model.config
+        return np.zeros((0, d.n_items), np.float32), np.zeros((0, d.d_latent), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(logits), np.concatenate(mus), np.concatenate(weights)
+
+
+def validation_ndcg(
+    model: AttentionVAE, inputs: dict[str, np.ndarray], seen: np.ndarray, targets: list[set[int]]
+) -> float:
+    logits, _, _ = infer(model, inputs)
+    logits[seen > 0] = -np.inf
+    ranked = top_k(logits, 20)
+    has = np.array([bool(t) for t in targets])
+    return float(ndcg_at_k(ranked, targets, 20)[has].mean()) if has.any() else 0.0
+
+
+def fit(
+    vae_config: VAEConfig,
+    inputs: dict[str, np.ndarray],
+    bags: np.ndarray,
+    valid_rows: np.ndarray,
+    valid_targets: list[set[int]],
+    config: TrainConfig | None = None,
+    progress: bool = False,
+    on_epoch: Any = None,
+) -> tuple[AttentionVAE, History]:
+    """Train on every person's bag; validate on ``valid_rows`` (their held-out items)."""
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    model = AttentionVAE(vae_config)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    valid_inputs = {k: v[valid_rows] for k, v in inputs.items()}
+    valid_seen = bags[valid_rows]
+    history = History()
+    best_state = copy.deepcopy(model.state_dict())
+    step, stale = 0, 0
+    started = time.perf_counter()
+    n = len(bags)
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("training the attention-VAE", total=config.epochs)
+        for epoch in range(config.epochs):
+            model.train()
+            order = rng.permutation(n)
+            totals = np.zeros(3)
+            for lo in range(0, n, config.batch_size):
+                rows = order[lo : lo + config.batch_size]
+                beta = min(config.beta_max, config.beta_max * step / max(1, config.anneal_steps))
+                logits, mu, logvar = model(*_tensors(inputs, rows))
+                loss, nll, kl = vae_loss(logits, torch.from_numpy(bags[rows]), mu, logvar, beta)
+                optimiser.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optimiser.step()
+                totals += np.array([loss.item(), nll.item(), kl.item()]) * len(rows)
+                step += 1
+            ndcg = validation_ndcg(model, valid_inputs, valid_seen, valid_targets)
+            record = {
+                "epoch": epoch,
+                "loss": totals[0] / n,
+                "nll": totals[1] / n,
+                "kl": totals[2] / n,
+                "beta": beta,
+                "valid_ndcg20": ndcg,
+                "seconds": time.perf_counter() - started,
+            }
+            history.epochs.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if ndcg > history.best_ndcg20 + 1e-6:
+                history.best_ndcg20, history.best_epoch, stale = ndcg, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+            bar.update(task, advance=1, description=f"training the attention-VAE (valid NDCG@20 {ndcg:.4f})")
+            if stale >= config.patience:
+                break
+    history.seconds = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    model.eval()
+    log.info(
+        "VAE: best valid NDCG@20 %.4f at epoch %d (%.1fs)", history.best_ndcg20, history.best_epoch, history.seconds
+    )
+    return model, history
