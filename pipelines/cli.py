@@ -226,6 +226,176 @@ def train(
         report.write_text(json.dumps(outcome.__dict__, indent=2, default=str))
 
 
+@app.command()
+def recommend(
+    users: Annotated[Path, typer.Option(help="CSV or parquet with columns platform, user_id.")],
+    out: Annotated[Path, typer.Option(help="Output .csv or .parquet: platform, user_id, rank, item_id, score.")],
+    k: Annotated[int, typer.Option(min=1, max=200, help="Items per user.")] = 20,
+    platform: Annotated[str | None, typer.Option(help="Only this platform's items.")] = None,
+    model_version: Annotated[str | None, typer.Option(help="Registered version [default: the champion].")] = None,
+    include_seen: Annotated[bool, typer.Option(help="Do not exclude items the person interacted with.")] = False,
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Batch top-K for every (platform, user_id) row; unknown persons get the cold-start list."""
+    import pandas as pd
+    from rich.progress import track
+
+    from serving.engine import UnknownPlatform
+    from serving.loader import LineageMismatch, ModelNotFound, engine
+
+    settings, wd = _settings(workdir, profile)
+    frame = pd.read_parquet(users) if users.suffix == ".parquet" else pd.read_csv(users, dtype=str)
+    missing = {"platform", "user_id"} - set(frame.columns)
+    if missing:
+        raise _fail(f"{users} lacks columns {sorted(missing)}")
+    try:
+        eng = engine(settings, wd, model_version)
+        eng.check_platform(platform)
+    except (ModelNotFound, LineageMismatch, UnknownPlatform) as e:
+        raise _fail(str(e)) from e
+    rows = []
+    cold = 0
+    for p, u in track(
+        list(zip(frame["platform"].astype(str), frame["user_id"].astype(str), strict=True)),
+        description="recommending",
+        console=console,
+    ):
+        result = eng.recommend(eng.person_of(p, u), k=k, platform=platform, exclude_seen=not include_seen)
+        cold += result.cold_start == "popularity"
+        rows += [
+            {"platform": p, "user_id": u, "rank": i.rank, "item_id": i.item_id, "score": i.score} for i in result.items
+        ]
+    _write_frame(pd.DataFrame(rows, columns=["platform", "user_id", "rank", "item_id", "score"]), out)
+    console.print(
+        f"{len(frame):,} users ({cold:,} cold starts) → {len(rows):,} rows in {out}; model v{eng.model_version}"
+    )
+
+
+@app.command()
+def promote(
+    version: Annotated[str | None, typer.Option(help="Challenger version [default: the latest].")] = None,
+    force: Annotated[bool, typer.Option(help="Move the alias without comparing (for humans).")] = False,
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Gate: give the challenger the champion alias only if it is not worse on the frozen holdout."""
+    from serving.loader import ModelNotFound
+    from training.gate import AUC_TOLERANCE, NDCG_TOLERANCE, GateError
+    from training.gate import promote as run_gate
+
+    settings, wd = _settings(workdir, profile)
+    try:
+        decision = run_gate(wd, settings, version, force)
+    except (GateError, ModelNotFound) as e:
+        raise _fail(str(e)) from e
+    if decision.figures:
+        table = Table(
+            title=f"gate on the frozen holdout of v{decision.challenger} "
+            f"(tolerance: NDCG@20 -{NDCG_TOLERANCE:.0%}, AUC -{AUC_TOLERANCE})"
+        )
+        for column in ("model", "version", "ndcg@20", "recall@20", "auc"):
+            table.add_column(column, justify="right")
+        for name, f in decision.figures.items():
+            table.add_row(
+                name, str(int(f["version"])), f"{f['ndcg@20']:.4f}", f"{f['recall@20']:.4f}", f"{f['auc']:.4f}"
+            )
+        Console().print(table)
+    verdict = "[green]promoted[/green]" if decision.promoted else "[yellow]not promoted[/yellow]"
+    console.print(f"v{decision.challenger}: {verdict} ({decision.reason}); champion was v{decision.champion}")
+    if not decision.promoted and decision.champion != decision.challenger:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Serve the champion over REST (BentoML) on the work directory's feature store."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path as _Path
+
+    settings, wd = _settings(workdir, profile)
+    env = {
+        **os.environ,
+        "XINTEREST_WORKDIR": str(wd.root),
+        "XINTEREST_PROFILE": settings.profile,
+        "XINTEREST_PORT": str(port),
+        "XINTEREST_SERVING_WORKERS": str(workers),
+    }
+    bentoml = _Path(sys.executable).parent / "bentoml"
+    console.print(f"serving on http://127.0.0.1:{port} (docs at /docs, readiness at /readyz)")
+    raise typer.Exit(
+        subprocess.call([str(bentoml), "serve", "serving.service:XInterest", "--port", str(port)], env=env)
+    )
+
+
+@app.command()
+def champion(workdir: WorkdirOpt = None, profile: ProfileOpt = None) -> None:
+    """Print the version of xinterest-recommender that holds the champion alias."""
+    from mlflow import MlflowClient
+
+    from training import tracking
+
+    settings, wd = _settings(workdir, profile)
+    tracking.setup(settings, wd)
+    current = tracking.champion_version(MlflowClient())
+    if current is None:
+        raise _fail("no version holds the champion alias: run `make train`")
+    print(current.version)
+
+
+@app.command()
+def push(
+    events: Annotated[Path, typer.Option(help="Canonical events file (CSV or parquet).")],
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Push live events in bulk: into the feedback log and the online store (sequence, activity)."""
+    from pipelines.adapters import AdapterError
+    from pipelines.realtime import push_file
+
+    settings, wd = _settings(workdir, profile)
+    try:
+        result = push_file(events, wd, settings)
+    except AdapterError as e:
+        raise _fail(str(e)) from e
+    console.print(
+        f"read {result['read']}, pushed {result['pushed']} for {result['persons']} persons, "
+        f"invalid {result['invalid']} (skipped; retrain quarantines them)"
+    )
+
+
+@app.command()
+def drift(
+    days: Annotated[int, typer.Option(min=1, help="Length of the last period, in days.")] = 7,
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """PSI per feature of the last period's online features vs the training set; report + chart to MLflow."""
+    from pipelines.drift import MAJOR, MODERATE, log_to_mlflow
+    from pipelines.drift import drift as run_drift
+
+    settings, wd = _settings(workdir, profile)
+    try:
+        report = run_drift(wd, settings, days)
+    except FileNotFoundError as e:
+        raise _fail(str(e)) from e
+    run_id = log_to_mlflow(report, wd.reports / "drift", settings, wd)
+    table = Table(title=f"most shifted features (PSI; moderate > {MODERATE}, major > {MAJOR})")
+    table.add_column("feature")
+    table.add_column("PSI", justify="right")
+    for name, value in report.top:
+        table.add_row(name, f"{value:.3f}")
+    Console().print(table)
+    console.print(f"report in {wd.reports / 'drift'}; MLflow run {run_id}")
+
+
 def print_metrics(metrics: dict[str, dict[str, float]], classification: dict[str, float] | None = None) -> None:
     table = Table(title="test metrics (full ranking over unseen items)")
     columns = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50"]

@@ -11,6 +11,7 @@ FeatureService as ``FeatureStore.get_online_features``, without its per-call pla
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -127,6 +128,16 @@ def time_range(workdir: Workdir) -> tuple[datetime, datetime]:
     return min(lows).to_pydatetime(), max(highs).to_pydatetime()
 
 
+def in_repo(store: Any) -> contextlib.chdir:
+    """Run offline-store work inside the Feast repo folder.
+
+    The DuckDB offline store reads a FileSource's relative path against the process's working
+    directory (the Dask/file store used the repo path); the Feast CLI runs in the repo folder,
+    so our own calls do the same. Not for concurrent threads: the working directory is global.
+    """
+    return contextlib.chdir(store.repo_path)
+
+
 def materialize(store: Any, workdir: Workdir, views: Sequence[str] | None = None) -> float:
     """Load the latest offline values into the online store over the tables' whole time range.
 
@@ -138,7 +149,8 @@ def materialize(store: Any, workdir: Workdir, views: Sequence[str] | None = None
     present = [name for name in (*TABLES, "person_embedding") if (workdir.feature_data / f"{name}.parquet").exists()]
     wanted = [v for v in (views or present) if v in present]
     started = time.perf_counter()
-    store.materialize(start - timedelta(seconds=1), end + timedelta(seconds=1), feature_views=wanted)
+    with in_repo(store):
+        store.materialize(start - timedelta(seconds=1), end + timedelta(seconds=1), feature_views=wanted)
     return time.perf_counter() - started
 
 
@@ -165,11 +177,11 @@ def historical_features(
     its ``event_timestamp``, for every feature of the FeatureService; one output row per input
     row, in input order.
 
-    Each view is retrieved on the de-duplicated keys it needs and joined back. Besides being
-    cheaper (person features once per person and time, not once per candidate item), this
-    works around the Dask/File offline store dropping entity rows: rows that share a join key
-    and timestamp collapse (feast-dev/feast#6787), and a row whose key has only later feature
-    rows disappears instead of getting nulls.
+    Each view is retrieved on the de-duplicated keys it needs and joined back: person features
+    once per person and time, not once per candidate item. It also keeps the result one row
+    per input row whatever the offline store does with duplicate keys (the Dask/File store
+    collapses rows sharing a join key and timestamp, feast-dev/feast#6787, and drops a row
+    whose key has only later feature rows).
     """
     if "event_timestamp" not in entity_df:
         raise FeatureStoreError("the entity frame needs an event_timestamp column (the label time)")
@@ -185,7 +197,8 @@ def historical_features(
         at = out["event_timestamp"].dt.floor("D") if name in day_grain else out["event_timestamp"]
         lookup = out[keys].assign(event_timestamp=at)
         unique = lookup.drop_duplicates().reset_index(drop=True)
-        got = store.get_historical_features(entity_df=unique, features=[f"{name}:{c}" for c in columns]).to_df()
+        with in_repo(store):
+            got = store.get_historical_features(entity_df=unique, features=[f"{name}:{c}" for c in columns]).to_df()
         got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
         got = lookup.merge(got[[*keys, "event_timestamp", *columns]], on=[*keys, "event_timestamp"], how="left")
         out[columns] = got[columns].to_numpy()

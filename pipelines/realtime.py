@@ -107,3 +107,31 @@ def _activity_rows(reader: OnlineReader, events: pd.DataFrame) -> pd.DataFrame:
                 counts[f"events_{w}"] += 1
         rows.append({"person_id": person, "platform": platform, "event_timestamp": newest, **counts})
     return pd.DataFrame(rows)
+
+
+def push_file(path: Any, workdir: Any, settings: Any) -> dict[str, int]:
+    """``xinterest push``: a canonical events file into the feedback log (durable) and the online
+    store. Rows that break the contract are counted and skipped (retrain quarantines them)."""
+    from pipelines import feature_store as fs
+    from pipelines.adapters.canonical import read as read_canonical
+    from pipelines.contract import conform_events, validate_events
+    from pipelines.identity import Pseudonymiser
+    from serving.feedback import FeedbackLog
+
+    source = read_canonical(path)
+    frame = pd.concat([b.events for b in source.batches], ignore_index=True)
+    events = conform_events(frame)
+    _, reason = validate_events(events, pd.Timestamp.now(tz="UTC"))
+    valid = events[reason.isna().to_numpy()].copy()
+    FeedbackLog(workdir.feedback).append(valid.drop(columns=["person_id"]).to_dict("records"))
+    store = fs.open_store(workdir, settings)
+    reader = OnlineReader(store, ["person_sequence", "person_activity", "user_identity"])
+    pseudo = Pseudonymiser(settings.pseudonym_key.get_secret_value())
+    persons = {}
+    for platform, user in valid[["platform", "user_id"]].drop_duplicates().itertuples(index=False):
+        key = pseudo.user(platform, user)
+        row = reader.read_one("user_identity", {"user_id": key})
+        persons[(platform, user)] = row["person_id"] if row else pseudo.person(key)
+    valid["person_id"] = [persons[(p, u)] for p, u in zip(valid["platform"], valid["user_id"], strict=True)]
+    result = push_events(store, reader, valid, settings.sequence_length)
+    return {"read": len(events), "pushed": len(valid), "invalid": int(reason.notna().sum()), "persons": result.persons}

@@ -196,6 +196,9 @@ def train(
                 champion, promoted = _first_champion(client, versions["recommender"], result)
         run_id = parent.info.run_id
     if register:
+        from training.gate import holdout_dir
+
+        result.holdout.save(holdout_dir(workdir, versions["recommender"]))
         write_embeddings(workdir, settings, result, versions["recommender"])
     outcome = TrainOutcome(
         run_id,
@@ -227,6 +230,23 @@ def _register(
     vae_run: str,
     ranker_run: str,
 ) -> dict[str, str]:
+    summary = {k: v for k, v in result.metrics["vae+ranker"].items() if k.startswith(("ndcg", "recall"))}
+    summary["auc"] = result.classification.get("auc", float("nan"))
+    return register(result.recommender, summary, folder, workdir, snapshot, settings, vae_run, ranker_run)
+
+
+def register(
+    rec: Any,
+    summary: dict[str, float],
+    folder: Path,
+    workdir: Workdir,
+    snapshot: str,
+    settings: Settings,
+    vae_run: str,
+    ranker_run: str,
+) -> dict[str, str]:
+    """Log and register the three models of one recommender (inside an active MLflow run) and
+    tag every version with its lineage; return the new versions."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
@@ -235,9 +255,6 @@ def _register(
     from training.mlflow_models import RecommenderModel, VAEModel
 
     client = MlflowClient()
-    rec = result.recommender
-    summary = {k: v for k, v in result.metrics["vae+ranker"].items() if k.startswith(("ndcg", "recall"))}
-    summary["auc"] = result.classification.get("auc", float("nan"))
     bundle = rec.save(folder / "bundle")
     lineage = {
         "data_snapshot": snapshot,
@@ -276,7 +293,9 @@ def _register(
         pip_requirements=tracking.PIP_REQUIREMENTS,
     )
     vae_version, ranker_version = str(vae_info.registered_model_version), str(ranker_info.registered_model_version)
-    rec.meta.update({"vae_version": vae_version, "ranker_version": ranker_version, **lineage})
+    rec.meta.update(
+        {"vae_version": vae_version, "ranker_version": ranker_version, "ranker_features": ranker.FEATURES, **lineage}
+    )
     bundle = rec.save(folder / "bundle")
     request = pd.DataFrame({"person_id": ["p0"], "platform": [rec.vocab.platforms[0]], "k": [10]})
     response = pd.DataFrame(

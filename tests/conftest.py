@@ -44,3 +44,33 @@ def workdir(settings: Settings) -> Workdir:
 def synthetic_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20k synthetic events with every kind of fault, generated once per session."""
     return generate(tmp_path_factory.mktemp("synthetic"), SyntheticConfig(n_events=20_000, seed=7))
+
+
+def small_experiment() -> object:
+    """A fast configuration for tests: few epochs, fewer candidates."""
+    from training.experiment import ExperimentConfig
+    from training.ranker import RankerConfig
+    from training.trainer import TrainConfig
+
+    return ExperimentConfig(
+        n_candidates=50,
+        sequence_length=30,
+        train=TrainConfig(epochs=10, patience=4),
+        reranker=RankerConfig(max_rounds=120),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Workdir, object, Path]:
+    """A work directory with 40k synthetic events ingested and one trained, registered model
+    (champion v1). Tests that change the registry make their own copy."""
+    from pipelines.ingest import ingest_sources
+    from pipelines.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    raw = generate(root / "raw", SyntheticConfig(n_events=40_000, seed=11))
+    settings = Settings(workdir=root / "work", pseudonym_key=TEST_KEY, seed=0, sequence_length=30)
+    workdir = Workdir.at(settings.workdir)
+    ingest_sources([("synthetic", raw)], workdir, settings)
+    outcome = train(workdir, settings, small_experiment())
+    return settings, workdir, outcome, raw

@@ -26,9 +26,10 @@ from pipelines.config import Settings, Workdir
 from pipelines.features import FeatureConfig
 from training import baselines, ranker
 from training.data import Split, Vocab, interactions
-from training.metrics import best_f1_threshold, classification_report, ranking_report, top_k
+from training.holdout import Holdout, evaluate, pair_features
+from training.metrics import best_f1_threshold, ranking_report, top_k
 from training.ranker import RankerConfig
-from training.recommender import Candidates, Recommender
+from training.recommender import Recommender
 from training.trainer import History, TrainConfig, fit, infer
 from training.vae import VAEConfig
 
@@ -65,6 +66,7 @@ class ExperimentResult:
     timings: dict[str, float]
     split_info: dict[str, Any]
     history: History
+    holdout: Holdout
 
 
 class _View:
@@ -228,11 +230,11 @@ def run(
     cands = recommender.candidates(valid_seq, valid_seen, split.target_platform)
     rng = np.random.default_rng(config.seed)
     rows, cols, labels = ranker.sample_pairs(cands.items, valid_targets, config.reranker.negatives_per_positive, rng)
-    x_valid, _ = _pair_matrix(
+    x_valid = pair_features(
         recommender,
-        train_view,
+        train_view.store,
         cands,
-        valid_persons,
+        list(valid_persons),
         valid_seq,
         cut["at"].reindex(valid_persons).to_numpy(),
         rows,
@@ -271,25 +273,22 @@ def run(
     test_inputs = vocab.encode_sequences(test_seq, config.sequence_length)
     logits, _, _ = infer(model, test_inputs)
     ranked["vae"] = top_k(_mask(logits, seen, allowed), max(KS))
-    cands = recommender.candidates(test_seq, test_seen_sets, split.target_platform)
-    n = cands.items.shape[1]
-    all_rows, all_cols = np.repeat(np.arange(len(test_persons)), n), np.tile(np.arange(n), len(test_persons))
-    x_all, _ = _pair_matrix(
-        recommender, test_view, cands, test_persons, test_seq, test_cut["at"].to_numpy(), all_rows, all_cols
+    holdout = Holdout(
+        list(test_persons),
+        list(test_cut["at"]),
+        test_seq,
+        test_seen_sets,
+        [sorted(split.test.loc[split.test["person_id"] == p, "item_id"]) for p in test_persons],
+        split.target_platform,
+        test_view.workdir.root,
     )
-    order, probability = recommender.rank(cands, x_all)
-    reranked = np.take_along_axis(cands.items, order, axis=1)
-    ranked["vae+ranker"] = reranked[:, : max(KS)]
+    evaluation = evaluate(recommender, holdout, test_view.store)
+    ranked["vae+ranker"] = evaluation.ranked
     timings["test_seconds"] = time.perf_counter() - t4
 
     metrics = {name: ranking_report(r, relevant, KS) for name, r in ranked.items()}
-    y = np.array([[int(c in rel) for c in row] for row, rel in zip(cands.items, relevant, strict=True)]).ravel()
-    p = probability.ravel()
-    classification = classification_report(y, p, threshold) if len(y) else {}
-    classification["candidate_recall"] = float(
-        np.mean([bool(set(row) & rel) for row, rel in zip(cands.items, relevant, strict=True) if rel])
-    )
-    curves = _curves(y, p)
+    classification = evaluation.classification
+    curves = _curves(evaluation.labels, evaluation.probability)
     curves["ranker"] = ranker_info.pop("curves")
     curves["vae_history"] = history.epochs
     breakdown = _breakdown(ranked, relevant, split, test_persons)
@@ -303,33 +302,7 @@ def run(
         "ranker": ranker_info,
         "threshold": threshold,
     }
-    return ExperimentResult(recommender, metrics, breakdown, classification, curves, timings, info, history)
-
-
-def _pair_matrix(
-    recommender: Recommender,
-    view: _View,
-    cands: Candidates,
-    persons: pd.Index,
-    sequences: list[dict[str, Any] | None],
-    at: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Ranker features of the (row, candidate column) pairs: signals + ranker_v1 at ``at``."""
-    last = [(s or {}).get("seq_platforms", [None])[-1] if s and s.get("seq_platforms") else None for s in sequences]
-    signals = recommender.signal_columns(cands, last)
-    n = cands.items.shape[1]
-    flat = rows * n + cols
-    picked = {k: np.asarray(v)[flat] for k, v in signals.items()}
-    item_idx = cands.items[rows, cols]
-    frame = view.pair_features(
-        np.asarray(persons)[rows],
-        np.asarray(recommender.vocab.items, dtype=object)[item_idx],
-        recommender.item_platform[item_idx],
-        pd.to_datetime(at[rows], utc=True),
-    )
-    return recommender.feature_matrix(picked, {c: frame[c].to_numpy() for c in frame.columns}), frame
+    return ExperimentResult(recommender, metrics, breakdown, classification, curves, timings, info, history, holdout)
 
 
 def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:

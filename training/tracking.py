@@ -29,7 +29,7 @@ LINEAGE_TAGS = ("data_snapshot", "feature_services", "feast_project", "vae_versi
 # What the logged models need; pinned to what this project installs (no slow inference of the environment).
 PIP_REQUIREMENTS = [
     "torch==2.13.0",
-    "feast[redis,postgres]==0.67.0",
+    "feast[redis,postgres,duckdb]==0.67.0",
     "mlflow==3.17.2",
     "xgboost-cpu",
     "pandas<3",

@@ -1,0 +1,266 @@
+"""The xinterest REST service (BentoML): recommendations, scores and feedback, port 3000.
+
+The champion model and the feature store load once, in a background thread at start-up;
+``/readyz`` says ready only when they are loaded. The service polls the registry and follows
+the ``champion`` alias (promotion in the MLflow UI or by ``xinterest promote``), and every
+response names the model version that produced it.
+
+    bentoml serve serving.service:XInterest        # or: xinterest serve / make deploy
+"""
+
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import bentoml
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from pydantic import BaseModel, Field
+
+from pipelines.contract import ACTIONS
+
+log = logging.getLogger("xinterest.service")
+
+Action = Literal[ACTIONS]  # type: ignore[valid-type]
+PlatformName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="e.g. web, ios, douban_book")]
+
+
+class Explanation(BaseModel):
+    features: list[tuple[str, float]] = Field(
+        description="Top TreeSHAP contributions of the re-ranker (feature, value)."
+    )
+    because_of: list[str] = Field(description="Past items the encoder's attention weighted most.")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    platform: str
+    score: float
+    rank: int
+    explanation: Explanation | None = None
+
+
+class RecommendResponse(BaseModel):
+    model_version: str
+    person_id: str
+    person_known: bool
+    cold_start: Literal["cross_platform", "popularity"] | None
+    items: list[RecommendedItem]
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    probability: float | None = Field(description="Interest probability; null for an item the model does not know.")
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    person_id: str
+    person_known: bool
+    scores: list[ItemScore]
+
+
+class FeedbackEvent(BaseModel):
+    platform: PlatformName
+    user_id: Annotated[str, Field(min_length=1, max_length=256)]
+    action: Action
+    item_id: Annotated[str | None, Field(max_length=256)] = None
+    value: float | None = None
+    text: Annotated[str | None, Field(max_length=1000)] = None
+    ts: datetime | None = Field(default=None, description="Event time (UTC if no offset); default: now.")
+    event_id: Annotated[str | None, Field(max_length=128)] = None
+
+
+class FeedbackResponse(BaseModel):
+    model_version: str
+    accepted: int
+    durable: bool
+    pushed: bool
+    event_ids: list[str]
+
+
+def _docs_app() -> Any:
+    """``/docs``: the OpenAPI UI (BentoML serves it at ``/``, the spec at ``/docs.json``)."""
+    from starlette.applications import Starlette
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route("/", lambda request: RedirectResponse("/", status_code=307))])
+
+
+def _settings() -> Any:
+    from pipelines.config import Workdir, get_settings
+
+    settings = get_settings()
+    return settings, Workdir.at(settings.workdir)
+
+
+@bentoml.asgi_app(_docs_app(), path="/docs")
+@bentoml.service(
+    name="xinterest",
+    http={"port": int(os.environ.get("XINTEREST_PORT", "3000"))},
+    traffic={"timeout": 30, "max_concurrency": 256},
+    workers=int(os.environ.get("XINTEREST_SERVING_WORKERS", "1")),
+)
+class XInterest:
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.error: str | None = None
+        self.settings, self.workdir = _settings()
+        self.poll_seconds = float(os.environ.get("XINTEREST_ALIAS_POLL_SECONDS", "10"))
+        self._lock = threading.Lock()
+        self.feedback_log: Any = None
+        threading.Thread(target=self._load_and_follow, name="model-loader", daemon=True).start()
+
+    def _load_and_follow(self) -> None:
+        import torch
+
+        from serving.feedback import FeedbackLog
+        from serving.loader import engine, resolve_version
+        from training import tracking
+
+        torch.set_num_threads(1)  # one request per thread; the threads are the parallelism
+        self.feedback_log = FeedbackLog(self.workdir.feedback)
+        while True:
+            try:
+                tracking.setup(self.settings, self.workdir)
+                from mlflow import MlflowClient
+
+                champion = str(resolve_version(MlflowClient(), None).version)
+                if self.engine is None or self.engine.model_version != champion:
+                    fresh = engine(self.settings, self.workdir, champion)
+                    with self._lock:
+                        self.engine = fresh
+                    log.info("serving xinterest-recommender v%s", champion)
+                self.error = None
+            except Exception as e:  # keep serving the loaded model; readiness reports the problem
+                self.error = f"{type(e).__name__}: {e}"
+                log.warning("model (re)load failed: %s", self.error)
+            time.sleep(self.poll_seconds)
+
+    def __is_ready__(self) -> bool:
+        return self.engine is not None
+
+    def _engine(self) -> Any:
+        if self.engine is None:
+            raise ServiceUnavailable(f"the model is not loaded yet{': ' + self.error if self.error else ''}")
+        return self.engine
+
+    def _person(self, engine: Any, person_id: str | None, platform: str | None, user_id: str | None) -> str:
+        if person_id:
+            if platform or user_id:
+                raise InvalidArgument("give either person_id or platform + user_id, not both")
+            return person_id
+        if not platform or not user_id:
+            raise InvalidArgument("a person is required: person_id, or platform and user_id")
+        engine.check_platform(platform)
+        return engine.person_of(platform, user_id)
+
+    @bentoml.api(route="/recommend")
+    def recommend(
+        self,
+        person_id: Annotated[str | None, Field(max_length=128, description="Pseudonymised person id.")] = None,
+        platform: Annotated[
+            str | None, Field(max_length=32, description="The account's platform (with user_id).")
+        ] = None,
+        user_id: Annotated[str | None, Field(max_length=256, description="The account's id on that platform.")] = None,
+        k: Annotated[int, Field(ge=1, le=200, description="Number of items.")] = 20,
+        target_platform: Annotated[
+            str | None, Field(max_length=32, description="Only this platform's items; default: the account's platform.")
+        ] = None,
+        exclude_seen: bool = True,
+        explain: bool = False,
+    ) -> RecommendResponse:
+        """Top-k items for a person (by person_id or platform + user_id)."""
+        from serving.engine import UnknownPlatform
+
+        engine = self._engine()
+        try:
+            person = self._person(engine, person_id, platform, user_id)
+            target = target_platform or (platform if user_id else None)
+            result = engine.recommend(person, k, target, exclude_seen, explain, datetime.now(UTC))
+        except UnknownPlatform as e:
+            raise InvalidArgument(str(e)) from e
+        return RecommendResponse(
+            model_version=engine.model_version,
+            person_id=result.person_id,
+            person_known=result.person_known,
+            cold_start=result.cold_start,
+            items=[
+                RecommendedItem(
+                    item_id=i.item_id,
+                    platform=i.platform,
+                    score=i.score,
+                    rank=i.rank,
+                    explanation=Explanation(**i.explanation) if i.explanation else None,
+                )
+                for i in result.items
+            ],
+        )
+
+    @bentoml.api(route="/score")
+    def score(
+        self,
+        item_ids: Annotated[list[Annotated[str, Field(max_length=256)]], Field(min_length=1, max_length=1000)],
+        person_id: Annotated[str | None, Field(max_length=128)] = None,
+        platform: Annotated[str | None, Field(max_length=32)] = None,
+        user_id: Annotated[str | None, Field(max_length=256)] = None,
+    ) -> ScoreResponse:
+        """Interest probabilities of up to 1,000 items for a person."""
+        from serving.engine import UnknownPlatform
+
+        engine = self._engine()
+        try:
+            person = self._person(engine, person_id, platform, user_id)
+        except UnknownPlatform as e:
+            raise InvalidArgument(str(e)) from e
+        known, probabilities = engine.score(person, item_ids, datetime.now(UTC))
+        return ScoreResponse(
+            model_version=engine.model_version,
+            person_id=person,
+            person_known=known,
+            scores=[ItemScore(item_id=i, probability=p) for i, p in zip(item_ids, probabilities, strict=True)],
+        )
+
+    @bentoml.api(route="/feedback")
+    def feedback(
+        self,
+        event: FeedbackEvent | None = None,
+        events: Annotated[list[FeedbackEvent] | None, Field(max_length=100)] = None,
+    ) -> FeedbackResponse:
+        """Record one event (``event``) or a small batch (``events``, up to 100): written durably
+        before the response, then pushed to the online store."""
+        import pandas as pd
+
+        from pipelines.realtime import push_events
+
+        engine = self._engine()
+        batch = ([event] if event else []) + list(events or [])
+        if not batch or (event and events):
+            raise InvalidArgument("send exactly one of: event (an object) or events (a list of 1 to 100)")
+        for i, e in enumerate(batch):
+            if e.action != "search" and not e.item_id:
+                raise InvalidArgument(f"events[{i}].item_id is required for action {e.action!r}")
+            if e.action == "search" and not e.text:
+                raise InvalidArgument(f"events[{i}].text is required for a search")
+        written = self.feedback_log.append([e.model_dump() for e in batch])
+        pushed = True
+        try:
+            frame = pd.DataFrame(written)
+            frame["ts"] = pd.to_datetime(frame["ts"], utc=True, format="ISO8601")
+            frame["person_id"] = [
+                engine.person_of(p, u) for p, u in zip(frame["platform"], frame["user_id"], strict=True)
+            ]
+            push_events(engine.store, engine.reader, frame, engine.recommender.sequence_length)
+        except Exception as e:  # the events are durable; the next retrain will still see them
+            log.warning("feedback push to the online store failed: %s", e)
+            pushed = False
+        return FeedbackResponse(
+            model_version=engine.model_version,
+            accepted=len(written),
+            durable=True,
+            pushed=pushed,
+            event_ids=[w["event_id"] for w in written],
+        )

@@ -1,0 +1,150 @@
+"""The attention-VAE against reference implementations, and its structural properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Multinomial, Normal
+from torch.distributions import kl_divergence as torch_kl
+
+from training.trainer import TrainConfig, fit, infer
+from training.vae import PAD, AttentionVAE, VAEConfig, gap_bucket, kl_divergence, vae_loss
+
+CONFIG = VAEConfig(
+    n_items=30,
+    n_actions=10,
+    n_platforms=3,
+    d_model=16,
+    n_heads=2,
+    d_latent=8,
+    d_hidden=32,
+    dropout=0.0,
+    input_dropout=0.0,
+)
+
+
+def _batch(b: int = 4, t: int = 6, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, CONFIG.n_items + 2, (b, t), generator=g)
+    items[0, 3:] = PAD  # a short sequence
+    actions = torch.randint(1, 11, (b, t), generator=g)
+    platforms = torch.randint(2, 5, (b, t), generator=g)
+    gaps = torch.rand(b, t, generator=g) * 1e5
+    return [items, actions, platforms, gaps]
+
+
+def test_shapes() -> None:
+    torch.manual_seed(0)
+    model = AttentionVAE(CONFIG).eval()
+    logits, mu, logvar = model(*_batch())
+    assert logits.shape == (4, CONFIG.n_items)
+    assert mu.shape == logvar.shape == (4, CONFIG.d_latent)
+    _, _, weights = model.encode(*_batch())
+    assert weights.shape == (4, 6)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(4), atol=1e-5)
+    assert (weights[0, 3:] == 0).all()  # padding gets no attention
+
+
+def test_kl_matches_torch_distributions_and_is_non_negative() -> None:
+    g = torch.Generator().manual_seed(1)
+    mu, logvar = torch.randn(64, 8, generator=g) * 2, torch.randn(64, 8, generator=g)
+    ours = kl_divergence(mu, logvar)
+    reference = torch_kl(Normal(mu, torch.exp(0.5 * logvar)), Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(-1)
+    assert torch.allclose(ours, reference, atol=1e-4)
+    assert (ours >= 0).all()
+    assert torch.allclose(kl_divergence(torch.zeros(3, 8), torch.zeros(3, 8)), torch.zeros(3))
+
+
+def test_reconstruction_term_is_the_multinomial_log_likelihood() -> None:
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(5, 30, generator=g)
+    x = (torch.rand(5, 30, generator=g) < 0.2).float()
+    x[:, 0] = 1.0
+    _, nll, _ = vae_loss(logits, x, torch.zeros(5, 8), torch.zeros(5, 8), beta=0.0)
+    # torch's multinomial log-probability includes log(n! / prod x_i!), constant in the model
+    log_coefficient = torch.lgamma(x.sum(1) + 1) - torch.lgamma(x + 1).sum(1)
+    reference = -torch.stack(
+        [Multinomial(int(row.sum()), logits=lg).log_prob(row) for lg, row in zip(logits, x, strict=True)]
+    )
+    assert torch.allclose(nll, (reference + log_coefficient).mean(), atol=1e-4)
+
+
+def test_loss_is_finite_and_beta_weights_the_kl() -> None:
+    torch.manual_seed(0)
+    model = AttentionVAE(CONFIG).train()
+    logits, mu, logvar = model(*_batch())
+    x = torch.zeros(4, CONFIG.n_items)
+    x[:, :3] = 1
+    loss0, nll, kl = vae_loss(logits, x, mu, logvar, beta=0.0)
+    loss1, _, _ = vae_loss(logits, x, mu, logvar, beta=1.0)
+    assert torch.isfinite(loss1) and kl >= 0
+    assert math.isclose(float((loss1 - loss0).detach()), float(kl.detach()), rel_tol=1e-5)
+
+
+def test_permutation_invariant_when_time_is_unknown() -> None:
+    torch.manual_seed(0)
+    model = AttentionVAE(CONFIG).eval()
+    items, actions, platforms, gaps = _batch(b=2, t=8)
+    gaps = torch.zeros_like(gaps)  # time unknown
+    perm = torch.randperm(8)
+    mu1, _, _ = model.encode(items, actions, platforms, gaps)
+    mu2, _, _ = model.encode(items[:, perm], actions[:, perm], platforms[:, perm], gaps[:, perm])
+    assert torch.allclose(mu1, mu2, atol=1e-5)
+    # with time known, the same events at different gaps are a different input
+    mu3, _, _ = model.encode(items, actions, platforms, torch.arange(8.0).repeat(2, 1) * 3600)
+    assert not torch.allclose(mu1, mu3, atol=1e-3)
+
+
+def test_gap_buckets_are_monotone() -> None:
+    b = gap_bucket(torch.tensor([0.0, 30.0, 60.0, 3600.0, 86400.0, 1e9]))
+    assert b.tolist() == sorted(b.tolist()) and b[0] == 0 and b[-1] <= 23
+
+
+def test_a_tiny_batch_is_overfit() -> None:
+    """Eight persons, each with its own three items: after training, each person's top-3 are its items."""
+    n = 8
+    items = np.zeros((n, 4), dtype=np.int64)
+    bags = np.zeros((n, CONFIG.n_items), dtype=np.float32)
+    for p in range(n):
+        own = [3 * p % CONFIG.n_items, (3 * p + 1) % CONFIG.n_items, (3 * p + 2) % CONFIG.n_items]
+        items[p, :3] = [i + 2 for i in own]
+        bags[p, own] = 1
+    inputs = {
+        "items": items,
+        "actions": np.where(items > 0, 1, 0),
+        "platforms": np.where(items > 0, 2, 0),
+        "gaps": np.zeros((n, 4), dtype=np.float32),
+    }
+    targets = [set(np.flatnonzero(b)) for b in bags]
+    model, history = fit(
+        CONFIG,
+        inputs,
+        bags,
+        np.array([], dtype=np.int64),
+        [],
+        TrainConfig(epochs=300, batch_size=8, lr=1e-2, beta_max=0.0, patience=300),
+    )
+    logits, _, _ = infer(model, inputs)
+    top3 = np.argsort(-logits, axis=1)[:, :3]
+    assert all(set(row) == t for row, t in zip(top3, targets, strict=True))
+    # the best a multinomial can do on a bag of 3 items is 1/3 each: -log p(x|z) = 3 ln 3
+    assert history.epochs[-1]["nll"] == pytest.approx(3 * math.log(3), abs=0.05)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_is_deterministic(seed: int) -> None:
+    inputs = {
+        "items": np.array([[2, 3, 0], [4, 5, 6]]),
+        "actions": np.array([[1, 1, 0], [1, 2, 1]]),
+        "platforms": np.array([[2, 2, 0], [2, 3, 3]]),
+        "gaps": np.zeros((2, 3), np.float32),
+    }
+    bags = np.zeros((2, CONFIG.n_items), np.float32)
+    bags[0, [0, 1]] = bags[1, [2, 3, 4]] = 1
+    runs = [fit(CONFIG, inputs, bags, np.arange(2), [{0}, {2}], TrainConfig(epochs=3, seed=seed))[0] for _ in range(2)]
+    assert all(
+        torch.equal(a, b) for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values(), strict=True)
+    )
