@@ -60,7 +60,9 @@ def _log_mlflow(name: str, payload: dict[str, Any], metrics: dict[str, float], p
     settings = get_settings()
     workdir = Workdir.at(settings.workdir)
     workdir.root.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(settings, workdir))
+    from training.tracking import use
+
+    use(tracking_uri(settings, workdir))
     mlflow.set_experiment("xinterest-benchmarks")
     with mlflow.start_run(run_name=name):
         mlflow.set_tag("benchmark", name)

@@ -99,9 +99,11 @@ def build_offline_tables(
 ) -> dict[str, int]:
     """Compute the offline feature tables from the lake (or from ``events``, with their
     ``items`` and ``persons`` tables) into the repo's data/."""
-    if events is None:
-        lake = Lake(workdir.lake)
-        events, items, persons = lake.events(), lake.table("items"), lake.table("persons")
+    if events is None or items is None or persons is None:
+        lake = Lake(workdir.lake)  # what the caller did not give comes from the work directory's lake
+        events = lake.events() if events is None else events
+        items = lake.table("items") if items is None else items
+        persons = lake.table("persons") if persons is None else persons
     if events.empty:
         raise FeatureStoreError(f"the lake at {workdir.lake} has no events: run `xinterest ingest` first")
     config = config or FeatureConfig(sequence_length=settings.sequence_length)
@@ -154,10 +156,17 @@ def materialize(store: Any, workdir: Workdir, views: Sequence[str] | None = None
     return time.perf_counter() - started
 
 
-def refresh(workdir: Workdir, settings: Settings, events: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Lake → offline tables → ``feast apply`` → materialize; returns rows and timings."""
+def refresh(
+    workdir: Workdir,
+    settings: Settings,
+    events: pd.DataFrame | None = None,
+    items: pd.DataFrame | None = None,
+    persons: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Lake (or the given tables) → offline tables → ``feast apply`` → materialize; returns rows
+    and timings."""
     started = time.perf_counter()
-    rows = build_offline_tables(workdir, settings, events)
+    rows = build_offline_tables(workdir, settings, events, items=items, persons=persons)
     built = time.perf_counter()
     store = open_store(workdir, settings)
     apply(store)

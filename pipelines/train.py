@@ -48,7 +48,7 @@ class TrainOutcome:
 
 def data_snapshot(lake: Lake) -> str:
     """A short hash of the lake's manifest: which exact files the training read."""
-    manifest = lake.root / "_manifest.json"
+    manifest = lake.manifest_path
     digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.exists() else "empty"
     return f"v{lake.manifest().version}-{digest}"
 
@@ -95,20 +95,21 @@ def train(
     config: ExperimentConfig | None = None,
     progress: bool = False,
     register: bool = True,
+    lake: Lake | None = None,
 ) -> TrainOutcome:
     import mlflow
     from mlflow import MlflowClient
 
     started = time.perf_counter()
     config = config or ExperimentConfig(sequence_length=settings.sequence_length, seed=settings.seed)
-    lake = Lake(workdir.lake)
+    lake = lake or Lake(workdir.lake)
     events = lake.events()
     if events.empty:
         raise TrainError(
             f"the lake at {workdir.lake} is empty: ingest data first (xinterest ingest / xinterest train --events)"
         )
     items, persons = lake.table("items"), lake.table("persons")
-    features = fs.refresh(workdir, settings, events)
+    features = fs.refresh(workdir, settings, events, items, persons)
     split = make_split(events, seed=settings.seed)
     if split.test.empty:
         raise TrainError("no person has enough interactions (3) to hold one out: more data is needed")

@@ -55,7 +55,7 @@ def small_experiment() -> object:
     return ExperimentConfig(
         n_candidates=50,
         sequence_length=30,
-        train=TrainConfig(epochs=10, patience=4),
+        train=TrainConfig(epochs=25, patience=5),
         reranker=RankerConfig(max_rounds=120),
     )
 

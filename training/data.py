@@ -177,7 +177,7 @@ class Vocab:
         platforms = np.full((b, length), PAD, dtype=np.int64)
         gaps = np.zeros((b, length), dtype=np.float32)
         for r, row in enumerate(rows):
-            if not row or not row.get("seq_items"):
+            if row is None or row.get("seq_items") is None or len(row["seq_items"]) == 0:
                 continue
             seq = list(row["seq_items"])[-length:]
             n = len(seq)

@@ -67,6 +67,8 @@ class ExperimentResult:
     split_info: dict[str, Any]
     history: History
     holdout: Holdout
+    ranked: dict[str, np.ndarray] = field(default_factory=dict)  # model → (test persons, 50) decoder indices
+    relevant: list[set[int]] = field(default_factory=list)
 
 
 class _View:
@@ -302,7 +304,9 @@ def run(
         "ranker": ranker_info,
         "threshold": threshold,
     }
-    return ExperimentResult(recommender, metrics, breakdown, classification, curves, timings, info, history, holdout)
+    return ExperimentResult(
+        recommender, metrics, breakdown, classification, curves, timings, info, history, holdout, ranked, relevant
+    )
 
 
 def _curves(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:

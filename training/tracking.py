@@ -47,12 +47,28 @@ def setup(settings: Settings, workdir: Workdir) -> str:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = tracking_uri(settings, workdir)
     workdir.root.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=workdir.mlflow_artifacts.as_uri())
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+def use(uri: str) -> None:
+    """Point this process's MLflow client at ``uri`` without exporting it: ``set_tracking_uri``
+    also writes ``MLFLOW_TRACKING_URI`` into the environment, which every later subprocess
+    (an ``xinterest`` command for another work directory, say) would then inherit."""
+    import os
+
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def code_version() -> str:

@@ -22,7 +22,7 @@ INPUTS = ("items", "actions", "platforms", "gaps")
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
-    batch_size: int = 256
+    batch_size: int | None = None  # default: 256, smaller for small data (at least ~20 steps per epoch)
     lr: float = 3e-3
     weight_decay: float = 0.0
     beta_max: float = 0.2
@@ -106,6 +106,7 @@ def fit(
     step, stale = 0, 0
     started = time.perf_counter()
     n = len(bags)
+    batch_size = config.batch_size or int(min(256, max(32, n // 20)))
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -118,8 +119,8 @@ def fit(
             model.train()
             order = rng.permutation(n)
             totals = np.zeros(3)
-            for lo in range(0, n, config.batch_size):
-                rows = order[lo : lo + config.batch_size]
+            for lo in range(0, n, batch_size):
+                rows = order[lo : lo + batch_size]
                 beta = min(config.beta_max, config.beta_max * step / max(1, config.anneal_steps))
                 logits, mu, logvar = model(*_tensors(inputs, rows))
                 loss, nll, kl = vae_loss(logits, torch.from_numpy(bags[rows]), mu, logvar, beta)

@@ -1,0 +1,223 @@
+"""Model quality on the public datasets, every model on the same split (README "Evaluation").
+
+- Douban book + music: cross-platform lift. Target platform: books. The same held-out book
+  interactions; training on books alone vs books plus music. All persons, and persons with at
+  most 5 book events.
+- Taobao UserBehavior: top-K, the re-ranker's AUC, and top-K on the persons whose held-out item
+  was carted or bought.
+- MovieLens latest-small: ratings (>= 3.5) and tags.
+- Synthetic drift scenario: a model trained before the last 15 days vs one retrained with them
+  (the feedback period), both on the newest period's held-out items.
+
+Popularity, EASE (or ItemKNN above 20k items), ItemKNN, the VAE, and VAE + re-ranker, side by
+side; training speed (seconds per epoch, persons per second) beside EASE's wall time.
+
+    make bench-quality        # or: python -m bench.quality --datasets douban,taobao,movielens,synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from bench.common import console, publish, work_dir
+from pipelines.config import Settings, Workdir
+from pipelines.ingest import ingest_sources
+from pipelines.lake import Lake
+from pipelines.synthetic import SyntheticConfig, generate
+from training import baselines
+from training.data import Split, interactions
+from training.data import split as make_split
+from training.experiment import ExperimentConfig, ExperimentResult, run
+from training.metrics import ranking_report
+
+MODELS = ("popularity", "ease", "itemknn", "vae", "vae+ranker")
+SPARSE = "sparse(<=5 events on the platform)"
+
+
+def lake_of(name: str, base: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+    root = base / "lakes" / name
+    settings = Settings(workdir=root, data_dir=data_dir, pseudonym_key="bench-key")
+    lake = Lake(Workdir.at(root).lake)
+    if lake.n_events() == 0:
+        if name == "synthetic":
+            raw = generate(base / "raw-synthetic", SyntheticConfig(n_events=150_000, seed=3, drifting_share=0.9))
+            ingest_sources([("synthetic", raw)], Workdir.at(root), settings)
+        else:
+            ingest_sources([(name, None)], Workdir.at(root), settings)
+    return lake.events(), lake.table("items"), lake.table("persons")
+
+
+def ease_seconds(split: Split) -> float:
+    pairs = interactions(split.train_events)
+    persons, items = pd.factorize(pairs["person_id"])[0], pd.factorize(pairs["item_id"])[0]
+    x = baselines.interaction_matrix(list(persons), list(items), persons.max() + 1, items.max() + 1)
+    started = time.perf_counter()
+    if x.shape[1] <= baselines.EASE_MAX_ITEMS:
+        baselines.ease(x)
+    else:
+        baselines.item_knn(x)
+    return time.perf_counter() - started
+
+
+def summarise(result: ExperimentResult, split: Split) -> dict[str, Any]:
+    history = result.history
+    persons = len(split.train_events["person_id"].unique())
+    return {
+        "metrics": result.metrics,
+        "breakdown": result.breakdown,
+        "reranker": {k: v for k, v in result.classification.items() if isinstance(v, int | float)},
+        "split": {k: v for k, v in result.split_info.items() if k != "ranker"},
+        "speed": {
+            "vae_seconds_per_epoch": round(history.seconds_per_epoch, 2),
+            "vae_persons_per_second": round(persons / max(history.seconds_per_epoch, 1e-9)),
+            "vae_epochs": len(history.epochs),
+            "vae_train_seconds": round(history.seconds, 1),
+            "ease_or_itemknn_seconds": round(ease_seconds(split), 2),
+        },
+        "timings": {k: round(v, 1) for k, v in result.timings.items()},
+    }
+
+
+def restrict(split: Split, platform: str) -> Split:
+    """The single-platform arm: the same held-out pairs, only ``platform``'s events to learn from."""
+    return replace(
+        split,
+        train_events=split.train_events[split.train_events["platform"] == platform],
+        test_events=split.test_events[split.test_events["platform"] == platform],
+    )
+
+
+def douban(base: Path, data_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
+    events, items, persons = lake_of("douban", base, data_dir)
+    split = make_split(events, seed=0, target_platform="douban_book")
+    both = run(split, items, persons, base / "scratch" / "douban-both", config)
+    alone = run(restrict(split, "douban_book"), items, persons, base / "scratch" / "douban-book", config)
+    out = {"book_plus_music": summarise(both, split), "book_only": summarise(alone, restrict(split, "douban_book"))}
+    lift = {}
+    for group in ("all", SPARSE):
+        b = both.metrics if group == "all" else both.breakdown.get(SPARSE, {})
+        a = alone.metrics if group == "all" else alone.breakdown.get(SPARSE, {})
+        for model in MODELS:
+            if model in a and model in b and a[model]["ndcg@20"] > 0:
+                lift[f"{group}/{model}"] = round(b[model]["ndcg@20"] / a[model]["ndcg@20"] - 1, 4)
+    out["cross_platform_lift_ndcg20"] = lift
+    out["sparse_persons"] = both.breakdown.get(SPARSE, {}).get("vae+ranker", {}).get("persons", 0)
+    return out
+
+
+def taobao(base: Path, data_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
+    events, items, persons = lake_of("taobao", base, data_dir)
+    split = make_split(events, seed=0)
+    result = run(split, items, persons, base / "scratch" / "taobao", config)
+    out = summarise(result, split)
+    # persons whose held-out item was carted or bought
+    strong = events[events["action"].isin(["cart", "purchase"])][["person_id", "item_id"]].drop_duplicates()
+    key = set(zip(strong["person_id"], strong["item_id"], strict=True))
+    persons_sorted = list(result.holdout.persons)
+    held = split.test.groupby("person_id")["item_id"].first()
+    mask = np.array([(p, held.get(p)) in key for p in persons_sorted])
+    out["buy_or_cart_targets"] = (
+        {
+            m: ranking_report(r[mask], [result.relevant[i] for i in np.flatnonzero(mask)])
+            for m, r in result.ranked.items()
+        }
+        if mask.any()
+        else {}
+    )
+    return out
+
+
+def movielens(base: Path, data_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
+    events, items, persons = lake_of("movielens", base, data_dir)
+    split = make_split(events, seed=0)
+    return summarise(run(split, items, persons, base / "scratch" / "movielens", config), split)
+
+
+def synthetic_retraining(base: Path, data_dir: Path, config: ExperimentConfig) -> dict[str, Any]:
+    """Does retraining on the feedback period help on the newest period?"""
+    events, items, persons = lake_of("synthetic", base, data_dir)
+    cutoff = events["ts"].max() - pd.Timedelta(days=15)
+    retrained = make_split(events, seed=0)
+    recent_test = retrained.test[retrained.test["ts"] > cutoff]
+    retrained = replace(retrained, test=recent_test)
+    old = make_split(events[events["ts"] <= cutoff], seed=0)
+    stale = replace(old, test=recent_test, test_events=retrained.test_events)
+    a = run(stale, items, persons, base / "scratch" / "synthetic-stale", config)
+    b = run(retrained, items, persons, base / "scratch" / "synthetic-retrained", config)
+    ndcg_a, ndcg_b = a.metrics["vae+ranker"]["ndcg@20"], b.metrics["vae+ranker"]["ndcg@20"]
+    return {
+        "test_persons": int(recent_test["person_id"].nunique()),
+        "trained_before_feedback_period": a.metrics,
+        "retrained_with_feedback_period": b.metrics,
+        "ndcg20_before": ndcg_a,
+        "ndcg20_retrained": ndcg_b,
+        "retraining_improves_ndcg20": bool(ndcg_b > ndcg_a),
+        "relative_change": round(ndcg_b / max(ndcg_a, 1e-12) - 1, 4),
+    }
+
+
+def table_for(name: str, metrics: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=name)
+    table.add_column("model")
+    for c in ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50"):
+        table.add_column(c, justify="right")
+    for model in MODELS:
+        if model in metrics:
+            table.add_row(
+                model,
+                *(
+                    f"{metrics[model][c]:.4f}"
+                    for c in ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50")
+                ),
+            )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="douban,taobao,movielens,synthetic")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args()
+    data_dir = args.data_dir or Settings().data_dir
+    base = work_dir("quality")
+    shutil.rmtree(base / "scratch", ignore_errors=True)
+    config = ExperimentConfig()
+    runners = {"douban": douban, "taobao": taobao, "movielens": movielens, "synthetic": synthetic_retraining}
+    results: dict[str, Any] = {"config": config.to_dict(), "datasets": {}}
+    metrics: dict[str, float] = {}
+    for name in args.datasets.split(","):
+        console.print(f"[bold]{name}[/bold]")
+        started = time.perf_counter()
+        results["datasets"][name] = out = runners[name](base, data_dir, config)
+        out["wall_seconds"] = round(time.perf_counter() - started, 1)
+        tables = {
+            "douban": [
+                ("douban book (books + music)", out.get("book_plus_music", {}).get("metrics")),
+                ("douban book (books only)", out.get("book_only", {}).get("metrics")),
+            ],
+            "synthetic": [
+                ("synthetic, newest period: trained before", out.get("trained_before_feedback_period")),
+                ("synthetic, newest period: retrained", out.get("retrained_with_feedback_period")),
+            ],
+        }
+        for title, m in tables.get(name, [(name, out.get("metrics"))]):
+            if m:
+                console.print(table_for(title, m))
+                for model, values in m.items():
+                    metrics[f"{title.split(' ')[0]}.{model}.ndcg20".replace("+", "_")] = values["ndcg@20"]
+        if name == "douban":
+            console.print(f"cross-platform lift in NDCG@20: {out['cross_platform_lift_ndcg20']}")
+    publish("quality", results, metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Render the README's benchmark sections from ``bench/results/*.json``.
+
+Each section sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``; a results
+file that is missing leaves its section as it is. ``make bench`` runs this last.
+
+    python -m bench.readme
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from bench.common import RESULTS
+from pipelines.config import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
+COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50")
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
+    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for model, values in metrics.items():
+        lines.append(f"| {model} | " + " | ".join(f"{values.get(c, float('nan')):.4f}" for c in COLUMNS) + " |")
+    return lines
+
+
+def ingest(r: dict[str, Any]) -> list[str]:
+    return [
+        f"{r['events_read']:,} raw synthetic events (web JSONL + app CSV + mini-program TSV), median of {r['repeats']} "
+        f"runs ({r['date']}, {r['machine']['cpus']} cores):",
+        "",
+        "| path | seconds | events/s | x floor |",
+        "|---|---|---|---|",
+        f"| pyarrow read + parquet write (floor) | {r['floor_seconds']:.2f} | {r['floor_events_per_second']:,} | 1.00 |",
+        f"| xinterest ingest | {r['ingest_seconds']:.2f} | {r['ingest_events_per_second']:,} | {r['ratio_ingest_to_floor']:.2f} |",
+        "",
+        f"Target: within {r['target_ratio']:.0f}x of the floor.",
+    ]
+
+
+def features(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['events']:,} synthetic events; online read of one `{r['service']}` row ({r['reads']:,} reads; {r['date']}):",
+        "",
+        "| profile | materialize rows/s (offline / online) | path | p50 ms | p99 ms | x raw p50 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for profile, p in r["profiles"].items():
+        raw = p["online_read"]["raw_store"]["p50_ms"]
+        for path, label in (
+            ("raw_store", "raw store read"),
+            ("xinterest", "xinterest OnlineReader"),
+            ("feast_serve_http", "`feast serve` (HTTP)"),
+        ):
+            v = p["online_read"][path]
+            lines.append(
+                f"| {profile} | {p['materialize_offline_rows_per_second']:,} / "
+                f"{p['materialize_online_rows_per_second']:,} | {label} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | "
+                f"{v['p50_ms'] / raw:.2f} |"
+            )
+    lines += ["", "Targets: our path within 2x of the raw store read, and faster than `feast serve`."]
+    return lines
+
+
+def quality(r: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    d = r["datasets"]
+    if "douban" in d:
+        db = d["douban"]
+        out += [
+            "**Douban, target: books** (random 80/20 holdout of book ratings; no time in the source)",
+            "",
+            "Books + music:",
+            "",
+            *_metrics_table(db["book_plus_music"]["metrics"]),
+            "",
+            "Books only:",
+            "",
+            *_metrics_table(db["book_only"]["metrics"]),
+            "",
+        ]
+        lift = db["cross_platform_lift_ndcg20"]
+        sparse = {k.split("/")[1]: v for k, v in lift.items() if k.startswith("sparse")}
+        every = {k.split("/")[1]: v for k, v in lift.items() if k.startswith("all")}
+        out += [
+            "Cross-platform lift in NDCG@20 (books + music over books only):",
+            "",
+            "| model | all persons | persons with <= 5 book events |",
+            "|---|---|---|",
+        ]
+        for model in every:
+            out.append(f"| {model} | {every[model]:+.1%} | {sparse.get(model, float('nan')):+.1%} |")
+        out += ["", f"({db['sparse_persons']} sparse persons in the test set.)", ""]
+    for name, title in (
+        ("taobao", "**Taobao UserBehavior** (leave-last-out)"),
+        ("movielens", "**MovieLens latest-small** (leave-last-out)"),
+    ):
+        if name in d:
+            x = d[name]
+            out += [
+                title,
+                "",
+                *_metrics_table(x["metrics"]),
+                "",
+                f"Re-ranker on the test candidates: AUC {x['reranker'].get('auc', float('nan')):.3f}, "
+                f"candidate recall {x['reranker'].get('candidate_recall', float('nan')):.3f}. "
+                f"VAE {x['speed']['vae_seconds_per_epoch']} s/epoch ({x['speed']['vae_persons_per_second']:,} persons/s, "
+                f"{x['speed']['vae_epochs']} epochs, {x['speed']['vae_train_seconds']} s) vs "
+                f"EASE/ItemKNN fit {x['speed']['ease_or_itemknn_seconds']} s.",
+                "",
+            ]
+            if x.get("buy_or_cart_targets"):
+                out += [
+                    "Persons whose held-out item was carted or bought:",
+                    "",
+                    *_metrics_table(x["buy_or_cart_targets"]),
+                    "",
+                ]
+    if "synthetic" in d:
+        s = d["synthetic"]
+        out += [
+            "**Synthetic drift scenario** (newest 15 days; same held-out items for both models)",
+            "",
+            "| model | NDCG@20 |",
+            "|---|---|",
+            f"| VAE + re-ranker trained before the feedback period | {s['ndcg20_before']:.4f} |",
+            f"| VAE + re-ranker retrained with it | {s['ndcg20_retrained']:.4f} |",
+            "",
+            f"Retraining on the feedback period improves NDCG@20 on the newest period: "
+            f"**{'yes' if s['retraining_improves_ndcg20'] else 'no'}** ({s['relative_change']:+.1%}).",
+            "",
+        ]
+    return out
+
+
+def serving(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"`/recommend` (k=20, re-ranked), separate client process, {r['duration_seconds']} s per level "
+        f"({r['date']}, {r['machine']['cpus']} cores):",
+        "",
+        "| profile | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for profile, p in r["profiles"].items():
+        for level in p["levels"]:
+            lines.append(
+                f"| {profile} | {level['concurrency']} | {level['rps']:.0f} | {level['p50_ms']:.1f} | "
+                f"{level['p95_ms']:.1f} | {level['p99_ms']:.1f} | {level['errors']} |"
+            )
+        f = p["floor"]
+        lines.append(
+            f"| {profile} | in-process floor | {1000 / f['mean_ms']:.0f} | {f['p50_ms']:.1f} | {f['p95_ms']:.1f} | "
+            f"{f['p99_ms']:.1f} | |"
+        )
+    lines += ["", "Targets: p99 under 25 ms at concurrency 8, and under 3x the in-process floor."]
+    return lines
+
+
+SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "ingest": ingest,
+    "features": features,
+    "quality": quality,
+    "serving": serving,
+}
+
+
+def main() -> None:
+    text = README.read_text()
+    for name, render in SECTIONS.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        body = "\n".join(render(json.loads(path.read_text())))
+        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
+    README.write_text(text)
+    print(f"README figures rendered from {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

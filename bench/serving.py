@@ -1,0 +1,255 @@
+"""`/recommend` throughput and latency over HTTP, on the local and prod profiles.
+
+The service runs as `bentoml serve` (its own process); a separate load process keeps a fixed
+number of requests in flight (1, 8, 32) for a fixed time and records each latency. Every
+request is ``{"person_id": ..., "k": 20, "target_platform": ...}`` for a known person: the
+full path (online features, VAE, candidates, re-ranking). Beside it, in this process, the
+floor: the same engine call without HTTP (one online feature read plus the model forward).
+
+The prod profile serves the same registered model with its features in Redis.
+
+    make bench-serving        # or: python -m bench.serving --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from bench.common import publish, work_dir
+from pipelines import feature_store as fs
+from pipelines.config import Settings, Workdir
+from pipelines.ingest import ensure_synthetic, ingest_sources
+
+LEVELS = (1, 8, 32)
+KEY = "bench-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare(base: Path, events: int) -> tuple[Settings, Workdir]:
+    """A trained work directory (local profile), made once."""
+    from pipelines.train import train
+
+    settings = Settings(workdir=base / "local", pseudonym_key=KEY)
+    workdir = Workdir.at(settings.workdir)
+    if not (workdir.reports / "train-latest.json").exists():
+        shutil.rmtree(workdir.root, ignore_errors=True)
+        raw = ensure_synthetic(base / f"raw-{events}", n_events=events)
+        ingest_sources([("synthetic", raw)], workdir, settings)
+        train(workdir, settings, progress=True)
+    return settings, workdir
+
+
+def prod_copy(settings: Settings, workdir: Workdir, base: Path) -> tuple[Settings, Workdir]:
+    """The same lake and registry, with the features in Redis and the Feast registry in PostgreSQL."""
+    target = Workdir.at(base / "prod")
+    shutil.rmtree(target.root, ignore_errors=True)
+    shutil.copytree(workdir.lake, target.lake)
+    prod = Settings(
+        workdir=target.root,
+        pseudonym_key=KEY,
+        profile="prod",
+        feast_project="xbench_serving",
+        mlflow_tracking_uri=f"sqlite:///{workdir.mlflow_db}",
+    )
+    target.feature_data.mkdir(parents=True, exist_ok=True)
+    shutil.copy(workdir.feature_data / "person_embedding.parquet", target.feature_data / "person_embedding.parquet")
+    fs.refresh(target, prod)
+    return prod, target
+
+
+def persons(workdir: Workdir, n: int = 2000) -> list[dict[str, Any]]:
+    seq = pd.read_parquet(workdir.feature_data / "person_sequence.parquet", columns=["person_id", "seq_platforms"])
+    latest = seq.groupby("person_id").tail(1).sample(min(n, seq["person_id"].nunique()), random_state=0)
+    return [
+        {"person_id": p, "k": 20, "target_platform": str(list(pl)[-1])}
+        for p, pl in zip(latest["person_id"], latest["seq_platforms"], strict=True)
+    ]
+
+
+def floor(settings: Settings, workdir: Workdir, requests: list[dict[str, Any]], n: int = 1000) -> dict[str, float]:
+    import torch
+
+    from serving.loader import engine
+
+    torch.set_num_threads(1)
+    eng = engine(settings, workdir)
+    for r in requests[:50]:
+        eng.recommend(r["person_id"], 20, r["target_platform"])
+    times = []
+    for r in requests[:n]:
+        t = time.perf_counter()
+        eng.recommend(r["person_id"], 20, r["target_platform"])
+        times.append(time.perf_counter() - t)
+    ms = np.asarray(times) * 1000
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+LOAD = r"""
+import asyncio, json, sys, time
+import httpx
+
+async def main(url, requests, concurrency, seconds):
+    latencies, errors = [], 0
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
+        stop = time.perf_counter() + seconds
+        async def worker(offset):
+            nonlocal errors
+            i = offset
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await client.post("/recommend", json=requests[i % len(requests)])
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    errors += 1
+                i += concurrency
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(o) for o in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    print(json.dumps({"latencies": latencies, "errors": errors, "elapsed": elapsed}))
+
+url, path, concurrency, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+asyncio.run(main(url, json.load(open(path)), concurrency, seconds))
+"""
+
+
+def drive(url: str, requests_path: Path, concurrency: int, seconds: float) -> dict[str, float]:
+    subprocess.run(
+        [sys.executable, "-c", LOAD, url, str(requests_path), str(concurrency), "2"], check=True, capture_output=True
+    )  # warm-up
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD, url, str(requests_path), str(concurrency), str(seconds)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result = json.loads(out.stdout)
+    ms = np.asarray(result["latencies"]) * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": len(ms),
+        "errors": result["errors"],
+        "rps": len(ms) / result["elapsed"],
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def serve(settings: Settings, workdir: Workdir) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "XINTEREST_WORKDIR": str(workdir.root),
+        "XINTEREST_PROFILE": settings.profile,
+        "XINTEREST_PSEUDONYM_KEY": KEY,
+        "XINTEREST_FEAST_PROJECT": settings.feast_project,
+        "XINTEREST_PORT": str(port),
+    }
+    if settings.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    bentoml = Path(sys.executable).parent / "bentoml"
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", "serving.service:XInterest", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(360):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("the service did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--profiles", default="local,prod")
+    args = parser.parse_args()
+    base = work_dir("serving")
+    settings, workdir = prepare(base, args.events)
+    results: dict[str, Any] = {"events": args.events, "duration_seconds": args.seconds, "k": 20, "profiles": {}}
+    metrics: dict[str, float] = {}
+    table = Table(title="/recommend (k=20, re-ranked) over HTTP vs the in-process floor")
+    for column in ("profile", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"):
+        table.add_column(column, justify="right")
+    for profile in args.profiles.split(","):
+        s, w = (settings, workdir) if profile == "local" else prod_copy(settings, workdir, base)
+        requests = persons(w)
+        requests_path = base / f"requests-{profile}.json"
+        requests_path.write_text(json.dumps(requests))
+        floor_figures = floor(s, w, requests)
+        proc, url = serve(s, w)
+        try:
+            levels = [drive(url, requests_path, c, args.seconds) for c in LEVELS]
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            if profile == "prod":
+                fs.open_store(w, s).teardown()
+        results["profiles"][profile] = {
+            "levels": levels,
+            "floor": floor_figures,
+            "p99_c8_over_floor_p99": levels[1]["p99_ms"] / floor_figures["p99_ms"],
+        }
+        for level in levels:
+            table.add_row(
+                profile,
+                str(level["concurrency"]),
+                f"{level['rps']:.0f}",
+                f"{level['p50_ms']:.1f}",
+                f"{level['p95_ms']:.1f}",
+                f"{level['p99_ms']:.1f}",
+                str(level["errors"]),
+            )
+            metrics[f"{profile}.c{level['concurrency']}.p99_ms"] = level["p99_ms"]
+            metrics[f"{profile}.c{level['concurrency']}.rps"] = level["rps"]
+        table.add_row(
+            profile,
+            "floor (in-process)",
+            f"{1000 / floor_figures['mean_ms']:.0f}",
+            f"{floor_figures['p50_ms']:.1f}",
+            f"{floor_figures['p95_ms']:.1f}",
+            f"{floor_figures['p99_ms']:.1f}",
+            "",
+        )
+        metrics[f"{profile}.floor.p99_ms"] = floor_figures["p99_ms"]
+    publish("serving", results, metrics, table)
+
+
+if __name__ == "__main__":
+    main()
