@@ -84,9 +84,10 @@ user_identity_source = FileSource(
     timestamp_field="event_timestamp",
 )
 
-# Live events: /feedback and `xinterest push` send updated sequence and activity rows here.
+# Live events: /feedback and `xinterest push` send updated sequence, activity and profile rows here.
 person_sequence_push = PushSource(name="person_sequence_push", batch_source=person_sequence_source)
 person_activity_push = PushSource(name="person_activity_push", batch_source=person_activity_source)
+person_profile_push = PushSource(name="person_profile_push", batch_source=person_profile_source)
 
 ACTIVITY_FIELDS = [Field(name=f"{a}_{w}", dtype=Int64) for a in ACTIONS for w in WINDOWS] + [
     Field(name=f"events_{w}", dtype=Int64) for w in WINDOWS
@@ -118,7 +119,7 @@ person_profile_fv = FeatureView(
         Field(name="first_event_ts", dtype=Int64),
         Field(name="last_event_ts", dtype=Int64),
     ],
-    source=person_profile_source,
+    source=person_profile_push,
     online=True,
     description="Cross-platform totals (30d), platform mix, time-decayed category affinity "
     "(half-life 14 days, search queries mapped to categories), first/last event (epoch s).",

@@ -351,6 +351,38 @@ def champion(workdir: WorkdirOpt = None, profile: ProfileOpt = None) -> None:
 
 
 @app.command()
+def retrain(
+    epochs: Annotated[int | None, typer.Option(help="Maximum VAE epochs (early stopping decides).")] = None,
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Ingest the feedback log, rebuild features, train a challenger and gate it. Safe on a schedule:
+    no new events, no change; a crash leaves the lake and the champion as they were."""
+    from dataclasses import replace
+
+    from pipelines.retrain import retrain as run_retrain
+    from pipelines.train import TrainError
+    from training.experiment import ExperimentConfig
+
+    settings, wd = _settings(workdir, profile)
+    config = ExperimentConfig(sequence_length=settings.sequence_length, seed=settings.seed)
+    if epochs is not None:
+        config = replace(config, train=replace(config.train, epochs=epochs))
+    try:
+        outcome = run_retrain(wd, settings, config, progress=True)
+    except TrainError as e:
+        raise _fail(str(e)) from e
+    print_ingest_report(outcome.ingest)
+    if not outcome.changed:
+        console.print("no new events in the feedback log: nothing to retrain")
+        return
+    print_metrics(outcome.metrics)
+    if outcome.drift_top:
+        console.print("most shifted features (PSI): " + ", ".join(f"{k} {v:.3f}" for k, v in outcome.drift_top[:5]))
+    console.print(f"challenger v{outcome.versions.get('recommender')}: {outcome.gate}; champion v{outcome.champion}")
+
+
+@app.command()
 def push(
     events: Annotated[Path, typer.Option(help="Canonical events file (CSV or parquet).")],
     workdir: WorkdirOpt = None,

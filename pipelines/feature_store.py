@@ -280,13 +280,17 @@ class OnlineReader:
         self.views: dict[str, _ViewRead] = {}
         self._hset: dict[str, tuple[list[str], list[Any]]] = {}
         for name in names:
-            fv = store.get_feature_view(name)
-            self.views[name] = _ViewRead(fv, [f.name for f in fv.features], list(fv.join_keys))
-            if self._redis:
-                self._hset[name] = self.provider.online_store._generate_hset_keys_for_features(fv, None, name)
+            self._add(name)
+
+    def _add(self, name: str) -> _ViewRead:
+        fv = self.store.get_feature_view(name)
+        self.views[name] = _ViewRead(fv, [f.name for f in fv.features], list(fv.join_keys))
+        if self._redis:
+            self._hset[name] = self.provider.online_store._generate_hset_keys_for_features(fv, None, name)
+        return self.views[name]
 
     def _entity_keys(self, view: str, keys: Sequence[dict[str, str]]) -> list[Any]:
-        join = self.views[view].join_keys
+        join = (self.views.get(view) or self._add(view)).join_keys
         return [
             self._EntityKey(join_keys=join, entity_values=[self._Value(string_val=k[j]) for j in join]) for k in keys
         ]
@@ -302,6 +306,9 @@ class OnlineReader:
         self, requests: Sequence[tuple[str, Sequence[dict[str, str]]]], now: datetime | None = None
     ) -> list[list[dict[str, Any] | None]]:
         """Several :meth:`read` calls at once (one Redis round trip for all of them)."""
+        for view, _ in requests:
+            if view not in self.views:
+                self._add(view)
         if self._redis:
             raw = self._redis_read(requests)
         else:

@@ -30,8 +30,16 @@ class PushResult:
     activity_rows: int
 
 
-def push_events(store: Any, reader: OnlineReader, events: pd.DataFrame, sequence_length: int) -> PushResult:
-    """Push canonical, identity-resolved events (with ``person_id``) to the online store."""
+def push_events(
+    store: Any,
+    reader: OnlineReader,
+    events: pd.DataFrame,
+    sequence_length: int,
+    category_of: dict[str, Any] | None = None,
+    half_life_days: float = FeatureConfig().affinity_half_life_days,
+) -> PushResult:
+    """Push canonical, identity-resolved events (with ``person_id``) to the online store:
+    sequence, activity and profile (category affinity needs ``category_of``, item → category)."""
     from feast.data_source import PushMode
 
     if events.empty:
@@ -39,11 +47,64 @@ def push_events(store: Any, reader: OnlineReader, events: pd.DataFrame, sequence
     events = events.sort_values(["person_id", "ts"], kind="stable")
     sequences = _sequence_rows(reader, events, sequence_length)
     activity = _activity_rows(reader, events)
+    profiles = _profile_rows(reader, events, category_of or {}, half_life_days)
     if len(sequences):
         store.push("person_sequence_push", sequences, to=PushMode.ONLINE)
     if len(activity):
         store.push("person_activity_push", activity, to=PushMode.ONLINE)
+    if len(profiles):
+        store.push("person_profile_push", profiles, to=PushMode.ONLINE)
     return PushResult(events["person_id"].nunique(), len(sequences), len(activity))
+
+
+def _profile_rows(
+    reader: OnlineReader, events: pd.DataFrame, category_of: dict[str, Any], half_life: float
+) -> pd.DataFrame:
+    """Profiles with the new events folded in: the old affinity decays by the time since the last
+    event (the offline half-life), the new events' categories add to it; the platform mix and
+    30-day total count the new events; recency moves to the newest event."""
+    groups = list(events.groupby("person_id", sort=False))
+    current = reader.read("person_profile", [{"person_id": p} for p, _ in groups])
+    rows = []
+    for (person, group), row in zip(groups, current, strict=True):
+        row = row or {}
+        newest = group["ts"].iloc[-1]
+        last = row.get("last_event_ts")
+        mass = float(row.get("events_total_30d") or 0)
+        decay = 0.5 ** (max(0.0, newest.timestamp() - last) / 86400 / half_life) if last else 0.0
+        affinity = {
+            c: float(s) * mass * decay
+            for c, s in zip(row.get("top_categories") or [], row.get("category_affinity") or [], strict=False)
+        }
+        for item in group["item_id"]:
+            category = category_of.get(item) if item is not None else None
+            if category is not None:
+                affinity[category] = affinity.get(category, 0.0) + 1.0
+        mix = {
+            p: float(s) * mass
+            for p, s in zip(row.get("platform_names") or [], row.get("platform_shares") or [], strict=False)
+        }
+        for platform in group["platform"]:
+            mix[platform] = mix.get(platform, 0.0) + 1.0
+        top = sorted(affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        total = sum(affinity.values()) or 1.0
+        platforms = sorted(mix.items(), key=lambda kv: (-kv[1], kv[0]))
+        mix_total = sum(mix.values()) or 1.0
+        rows.append(
+            {
+                "person_id": person,
+                "event_timestamp": newest,
+                "events_total_30d": int(mass) + len(group),
+                "active_platforms_30d": len(platforms),
+                "platform_names": [p for p, _ in platforms],
+                "platform_shares": [round(v / mix_total, 6) for _, v in platforms],
+                "top_categories": [c for c, _ in top],
+                "category_affinity": [round(v / total, 6) for _, v in top],
+                "first_event_ts": int(row.get("first_event_ts") or group["ts"].iloc[0].timestamp()),
+                "last_event_ts": int(newest.timestamp()),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _sequence_rows(reader: OnlineReader, events: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -116,6 +177,7 @@ def push_file(path: Any, workdir: Any, settings: Any) -> dict[str, int]:
     from pipelines.adapters.canonical import read as read_canonical
     from pipelines.contract import conform_events, validate_events
     from pipelines.identity import Pseudonymiser
+    from pipelines.lake import Lake
     from serving.feedback import FeedbackLog
 
     source = read_canonical(path)
@@ -125,7 +187,7 @@ def push_file(path: Any, workdir: Any, settings: Any) -> dict[str, int]:
     valid = events[reason.isna().to_numpy()].copy()
     FeedbackLog(workdir.feedback).append(valid.drop(columns=["person_id"]).to_dict("records"))
     store = fs.open_store(workdir, settings)
-    reader = OnlineReader(store, ["person_sequence", "person_activity", "user_identity"])
+    reader = OnlineReader(store, ["person_sequence", "person_activity", "person_profile", "user_identity"])
     pseudo = Pseudonymiser(settings.pseudonym_key.get_secret_value())
     persons = {}
     for platform, user in valid[["platform", "user_id"]].drop_duplicates().itertuples(index=False):
@@ -133,5 +195,7 @@ def push_file(path: Any, workdir: Any, settings: Any) -> dict[str, int]:
         row = reader.read_one("user_identity", {"user_id": key})
         persons[(platform, user)] = row["person_id"] if row else pseudo.person(key)
     valid["person_id"] = [persons[(p, u)] for p, u in zip(valid["platform"], valid["user_id"], strict=True)]
-    result = push_events(store, reader, valid, settings.sequence_length)
+    items = Lake(workdir.lake).table("items")
+    category_of = dict(zip(items["item_id"], items["category"], strict=True)) if items is not None else {}
+    result = push_events(store, reader, valid, settings.sequence_length, category_of)
     return {"read": len(events), "pushed": len(valid), "invalid": int(reason.notna().sum()), "persons": result.persons}

@@ -64,6 +64,9 @@ class Engine:
         self.reader = OnlineReader(store, VIEWS)
         self.recency = store.get_on_demand_feature_view("person_recency").feature_transformation.udf
         self.platforms = set(recommender.vocab.platforms)
+        self.category_of = {
+            i: c for i, c in zip(recommender.vocab.items, recommender.vocab.item_category, strict=True) if c
+        }
         self._item_cache: dict[str, dict[str, Any] | None] = {}
         self._item_cache_at = 0.0
         self._item_cache_seconds = item_cache_seconds

@@ -253,7 +253,7 @@ class XInterest:
             frame["person_id"] = [
                 engine.person_of(p, u) for p, u in zip(frame["platform"], frame["user_id"], strict=True)
             ]
-            push_events(engine.store, engine.reader, frame, engine.recommender.sequence_length)
+            push_events(engine.store, engine.reader, frame, engine.recommender.sequence_length, engine.category_of)
         except Exception as e:  # the events are durable; the next retrain will still see them
             log.warning("feedback push to the online store failed: %s", e)
             pushed = False
