@@ -55,7 +55,8 @@ bench-quality: $(STAMP) ## Models vs baselines on Douban, Taobao, MovieLens (+ c
 bench-serving: $(STAMP) ## /recommend throughput and latency at concurrency 1/8/32 vs the in-process floor
 	$(BIN)/python -m bench.serving
 
-bench: bench-ingest bench-features bench-quality bench-serving ## Run every benchmark (figures to bench/results/*.json and MLflow)
+bench: bench-ingest bench-features bench-quality bench-serving ## Run every benchmark (figures to bench/results/*.json, MLflow, README)
+	$(BIN)/python -m bench.readme
 
 clean: ## Remove run state (work directory, benchmark work folders); keeps .venv
 	rm -rf $(XINTEREST_WORKDIR) bench/.work

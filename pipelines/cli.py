@@ -383,6 +383,41 @@ def retrain(
 
 
 @app.command()
+def forget(
+    person: Annotated[str | None, typer.Argument(help="The person_id to delete.")] = None,
+    user: Annotated[str | None, typer.Option(help="Or a platform account, PLATFORM:USER_ID.")] = None,
+    workdir: WorkdirOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Delete a person everywhere: lake, offline features, online store, feedback log, quarantine."""
+    from pipelines.forget import forget as run_forget
+    from pipelines.identity import Pseudonymiser
+    from pipelines.lake import Lake
+
+    settings, wd = _settings(workdir, profile)
+    if (person is None) == (user is None):
+        raise _fail("give a PERSON id or --user PLATFORM:USER_ID (one of them)")
+    if user is not None:
+        platform, _, raw = user.partition(":")
+        pseudo = Pseudonymiser(settings.pseudonym_key.get_secret_value())
+        persons = Lake(wd.lake).table("persons")
+        key = pseudo.user(platform, raw)
+        match = (
+            persons[(persons["platform"] == platform) & (persons["user_id"] == key)] if persons is not None else None
+        )
+        if match is None or match.empty:
+            raise _fail(f"no account {user} in the lake at {wd.lake}")
+        person = str(match["person_id"].iloc[0])
+    assert person is not None
+    report = run_forget(wd, settings, person)
+    console.print(
+        f"forgot {report.person_id}: {report.accounts} accounts, {report.lake_events} lake events, feature rows "
+        f"{report.feature_rows or 0}, {report.online_keys} online rows, {report.feedback_lines} feedback lines, "
+        f"{report.quarantine_rows} quarantined rows"
+    )
+
+
+@app.command()
 def push(
     events: Annotated[Path, typer.Option(help="Canonical events file (CSV or parquet).")],
     workdir: WorkdirOpt = None,
