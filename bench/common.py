@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +54,11 @@ def publish(name: str, results: dict[str, Any], metrics: dict[str, float], table
     return path
 
 
+def _metric_name(name: str) -> str:
+    """MLflow allows letters, digits, ``_ - . / :`` and spaces in metric names."""
+    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", name)
+
+
 def _log_mlflow(name: str, payload: dict[str, Any], metrics: dict[str, float], path: Path) -> None:
     import mlflow
 
@@ -66,6 +72,6 @@ def _log_mlflow(name: str, payload: dict[str, Any], metrics: dict[str, float], p
     mlflow.set_experiment("xinterest-benchmarks")
     with mlflow.start_run(run_name=name):
         mlflow.set_tag("benchmark", name)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({_metric_name(k): float(v) for k, v in metrics.items() if v == v})
         mlflow.log_artifact(str(path))
     console.print(f"logged to MLflow ({mlflow.get_tracking_uri()}, experiment xinterest-benchmarks)")

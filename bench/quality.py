@@ -213,7 +213,7 @@ def main() -> None:
             if m:
                 console.print(table_for(title, m))
                 for model, values in m.items():
-                    metrics[f"{title.split(' ')[0]}.{model}.ndcg20".replace("+", "_")] = values["ndcg@20"]
+                    metrics[f"{title}.{model}.ndcg20"] = values["ndcg@20"]
         if name == "douban":
             console.print(f"cross-platform lift in NDCG@20: {out['cross_platform_lift_ndcg20']}")
     publish("quality", results, metrics)

@@ -3,12 +3,19 @@
 Every adapter emits frames with :data:`EVENT_COLUMNS`; everything downstream reads only
 these. :func:`validate_events` splits a frame into accepted rows and quarantined rows, each
 quarantined row carrying one reason code (the first rule it breaks, in the order below).
+
+Ingest works on Arrow tables (:func:`conform_table`, :func:`reason_codes`, :func:`bot_flags`,
+:func:`content_ids`); the pandas functions stay for everyone else and share the definitions:
+:func:`validate_events` and :func:`bot_mask` convert their frame and call the Arrow ones,
+:func:`conform_table` conforms frames with :func:`conform_events`, and both content-id
+functions hash through the same code, so each answer is the same by construction.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +93,10 @@ REASONS: tuple[str, ...] = (
     "bot_suspected",
 )
 
+REASON_INDEX = {r: i for i, r in enumerate(REASONS)}
+FLAG_COLUMNS = ("_malformed", "_value_invalid")  # adapter-detected faults (see conform_table)
+RAW_COLUMN = "_raw"  # the raw text of a row the adapter could not parse
+
 # Sources without event time use one constant timestamp for all their events.
 CONSTANT_TS = pd.Timestamp("2020-01-01T00:00:00Z")
 
@@ -119,6 +130,68 @@ def conform_events(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def conform_table(events: pa.Table | pd.DataFrame) -> pa.Table:
+    """Arrow form of :func:`conform_events`, plus the adapter's extra columns; no row is dropped.
+
+    Strings are ``string`` (null for missing), ``value`` is float64 with null (never NaN) for
+    missing, ``ts`` is a UTC timestamp (in the unit it came in). ``_malformed`` and
+    ``_value_invalid`` are True only where the adapter said exactly True; ``_raw`` is kept.
+    """
+    if isinstance(events, pd.DataFrame):
+        columns = _frame_columns(conform_events(events))
+        for flag in FLAG_COLUMNS:
+            if flag in events:
+                columns[flag] = pa.array(events[flag].eq(True).to_numpy(dtype=bool))
+        if RAW_COLUMN in events:
+            columns[RAW_COLUMN] = _string_array(events[RAW_COLUMN].where(events[RAW_COLUMN].notna(), None))
+        return pa.table(columns)
+    n = events.num_rows
+    columns = {}
+    for column in EVENT_COLUMNS:
+        if column not in events.column_names:
+            columns[column] = pa.nulls(n, EVENTS_SCHEMA.field(column).type)
+        elif column == "value":
+            columns[column] = _nan_to_null(pc.cast(events[column], pa.float64()))
+        elif column == "ts":
+            columns[column] = _utc_timestamps(events[column])
+        else:
+            values = events[column]
+            columns[column] = values if values.type == pa.string() else pc.cast(values, pa.string())
+    for flag in FLAG_COLUMNS:
+        if flag in events.column_names:
+            columns[flag] = pc.fill_null(pc.cast(events[flag], pa.bool_()), False)
+    if RAW_COLUMN in events.column_names:
+        columns[RAW_COLUMN] = pc.cast(events[RAW_COLUMN], pa.string())
+    return pa.table(columns)
+
+
+def _frame_columns(events: pd.DataFrame) -> dict[str, pa.Array]:
+    """The canonical columns of a conformed frame as Arrow arrays."""
+    columns: dict[str, pa.Array] = {}
+    for column in EVENT_COLUMNS:
+        if column not in events:  # validation reads neither ids: frames may lack them
+            columns[column] = pa.nulls(len(events), EVENTS_SCHEMA.field(column).type)
+            continue
+        series = events[column]
+        if column == "value":
+            columns[column] = pa.array(series.to_numpy(dtype=np.float64, na_value=np.nan), from_pandas=True)
+        elif column == "ts":
+            ts = series if isinstance(series.dtype, pd.DatetimeTZDtype) else series.dt.tz_localize("UTC")
+            columns[column] = pa.array(ts)
+        else:
+            columns[column] = _string_array(series)
+    return columns
+
+
+def _string_array(series: pd.Series) -> pa.Array:
+    """Object values (None for missing) as Arrow strings. Values that are not strings become
+    ``str(value)``: what the pandas code compared and hashed them as (f-strings, ``str(p)``)."""
+    values = series.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return pa.array(values, type=pa.string(), from_pandas=True)
+    return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
 def _as_object(series: pd.Series) -> pd.Series:
     """Object-dtype strings with None for missing (readers already trimmed blanks, see
     :func:`clean_strings`)."""
@@ -132,10 +205,36 @@ def clean_strings(table: pa.Table) -> pa.Table:
     columns = []
     for column in table.columns:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            trimmed = pc.utf8_trim_whitespace(column)
-            column = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, column.type), trimmed)
+            column = pa.chunked_array([_clean(chunk) for chunk in column.chunks], type=column.type)
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+# First or last bytes that may be whitespace to utf8_trim_whitespace: ASCII blanks (it counts
+# the separators 0x1C-0x1F too) and any non-ASCII byte (a multi-byte character might be one).
+_MAYBE_BLANK = np.zeros(256, dtype=bool)
+_MAYBE_BLANK[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
+_MAYBE_BLANK[0x80:] = True
+
+
+def _clean(values: pa.Array) -> pa.Array:
+    """:func:`clean_strings` for one array. Trimming copies every string, and most columns
+    have nothing to trim: look at each value's first and last byte, and trim only if needed."""
+    if not len(values) or values.buffers()[1] is None:
+        return values
+    width = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset : values.offset + len(values) + 1]
+    data = values.buffers()[2]
+    nonempty = offsets[1:] > offsets[:-1]
+    if data is not None and nonempty.any():
+        data = np.frombuffer(data, dtype=np.uint8)
+        edges = np.concatenate([data[offsets[:-1][nonempty]], data[offsets[1:][nonempty] - 1]])
+        if _MAYBE_BLANK[edges].any():
+            values = pc.utf8_trim_whitespace(values)
+            return pc.if_else(pc.equal(values, ""), pa.scalar(None, values.type), values)
+    if (~nonempty & np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)).any():
+        return pc.if_else(pc.equal(values, ""), pa.scalar(None, values.type), values)
+    return values
 
 
 def utc_dates(ts: pd.Series) -> pd.Series:
@@ -152,6 +251,52 @@ def _to_utc(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, utc=True, errors="coerce")
 
 
+def _utc_timestamps(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """An Arrow column as UTC timestamps; anything but timestamps goes through pandas' parser."""
+    if pa.types.is_timestamp(values.type):
+        return values if values.type.tz == "UTC" else pc.cast(values, pa.timestamp(values.type.unit, "UTC"))
+    return pa.array(_to_utc(values.to_pandas()))
+
+
+def _nan_to_null(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """NaN is how pandas says missing; the contract (and the lake) says null."""
+    nan = pc.is_nan(values)
+    return pc.if_else(nan, pa.scalar(None, values.type), values) if pc.any(nan).as_py() else values
+
+
+_NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def timestamp_ints(ts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The integers of an Arrow timestamp column (nulls as 0) and the mask of valid ones."""
+    ints = pc.cast(ts, pa.int64())
+    valid = _numpy_bool(pc.is_valid(ints))
+    return np.asarray(pc.fill_null(ints, 0).to_numpy(), dtype=np.int64), valid
+
+
+def micros(ts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Microseconds since the epoch (nulls as 0, mask of valid ones), rounded down as pandas
+    and numpy do when they cast nanoseconds to microseconds."""
+    ints, valid = timestamp_ints(ts)
+    factor = _NS_PER_UNIT[ts.type.unit]
+    if factor < 1_000:
+        return ints // (1_000 // factor), valid
+    return ints * (factor // 1_000), valid
+
+
+def as_micros(ts: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A timestamp column as the lake's ``timestamp[us, UTC]``."""
+    if ts.type == TS_TYPE:
+        return ts
+    ints, valid = micros(ts)
+    return pa.array(ints, type=pa.int64(), mask=~valid).cast(TS_TYPE)
+
+
+def _numpy_bool(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A boolean Arrow column as a numpy mask, null counting as False."""
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def validate_events(
     events: pd.DataFrame, now: pd.Timestamp, rules: ValidationRules | None = None
 ) -> tuple[pd.DataFrame, pd.Series]:
@@ -160,52 +305,202 @@ def validate_events(
     ``events`` must be conformed (:func:`conform_events`); invalid numeric values come in as
     an extra boolean column ``_value_invalid`` when the adapter detected them.
     """
+    columns = _frame_columns(events)
+    for flag in FLAG_COLUMNS:
+        if flag in events:  # any truthy value counts here, as it always has
+            columns[flag] = pa.array(events[flag].fillna(False).to_numpy(dtype=bool))
+    codes = reason_codes(pa.table(columns), now, rules)
+    names = np.array([*REASONS, None], dtype=object)  # code -1 (valid) picks the last: None
+    return events, pd.Series(names[codes], index=events.index, dtype=object)
+
+
+def reason_codes(events: pa.Table, now: pd.Timestamp, rules: ValidationRules | None = None) -> np.ndarray:
+    """The first broken rule of each row of a conformed table (:func:`conform_table`), as an
+    index into :data:`REASONS`; -1 where the row honours the contract."""
     rules = rules or ValidationRules()
-    reason = pd.Series(np.full(len(events), None, dtype=object), index=events.index)
+    code = np.full(events.num_rows, -1, dtype=np.int8)
 
-    def flag(mask: pd.Series | np.ndarray, code: str) -> None:
-        hit = np.asarray(mask, dtype=bool) & reason.isna().to_numpy()
-        if hit.any():
-            reason[hit] = code
+    def flag(mask: np.ndarray, reason: str) -> None:
+        np.copyto(code, REASON_INDEX[reason], where=mask & (code < 0))
 
-    if "_malformed" in events:
-        flag(events["_malformed"].fillna(False), "malformed_row")
+    def present(column: str) -> np.ndarray:
+        return _numpy_bool(pc.is_valid(events[column]))
+
+    if "_malformed" in events.column_names:
+        flag(_numpy_bool(events["_malformed"]), "malformed_row")
     platform = events["platform"]
-    flag(platform.isna(), "missing_platform")
-    valid_names = {p for p in pd.unique(platform.dropna()) if PLATFORM_PATTERN.match(str(p))}
-    flag(platform.notna() & ~platform.isin(valid_names), "invalid_platform")
-    flag(events["user_id"].isna(), "missing_user_id")
+    has_platform = present("platform")
+    flag(~has_platform, "missing_platform")
+    # Few distinct platforms: check each name once with Python's own regex semantics.
+    names = [p for p in pc.unique(platform).to_pylist() if p is not None and PLATFORM_PATTERN.match(p)]
+    flag(has_platform & ~_numpy_bool(pc.is_in(platform, value_set=pa.array(names, pa.string()))), "invalid_platform")
+    flag(~present("user_id"), "missing_user_id")
     action = events["action"]
-    flag(~action.isin(ACTIONS), "unknown_action")
-    is_search = action.eq("search")
-    flag(events["item_id"].isna() & ~is_search, "missing_item_id")
-    flag(is_search & events["text"].isna(), "missing_search_text")
-    ts = events["ts"]
-    flag(ts.isna(), "invalid_ts")
-    flag(ts < rules.earliest_ts, "ts_out_of_range")
-    flag(ts > now + rules.future_tolerance, "ts_in_future")
-    value = events["value"]
-    invalid_value = ~np.isfinite(value.fillna(0.0).to_numpy(dtype=float))
-    if "_value_invalid" in events:
-        invalid_value |= events["_value_invalid"].fillna(False).to_numpy(dtype=bool)
+    flag(~_numpy_bool(pc.is_in(action, value_set=pa.array(ACTIONS, pa.string()))), "unknown_action")
+    is_search = _numpy_bool(pc.equal(action, "search"))
+    flag(~present("item_id") & ~is_search, "missing_item_id")
+    flag(is_search & ~present("text"), "missing_search_text")
+    ts, has_ts = timestamp_ints(events["ts"])
+    flag(~has_ts, "invalid_ts")
+    # Compare in the column's own unit, exactly: t*f < e  <=>  t < ceil(e/f); t*f > x  <=>  t > floor(x/f).
+    factor = _NS_PER_UNIT[events["ts"].type.unit]
+    earliest = -(-pd.Timestamp(rules.earliest_ts).value // factor)
+    latest = (pd.Timestamp(now) + rules.future_tolerance).value // factor
+    flag(has_ts & (ts < earliest), "ts_out_of_range")
+    flag(has_ts & (ts > latest), "ts_in_future")
+    invalid_value = ~_numpy_bool(pc.fill_null(pc.is_finite(events["value"]), True))
+    if "_value_invalid" in events.column_names:
+        invalid_value |= _numpy_bool(events["_value_invalid"])
     flag(invalid_value, "invalid_value")
-    return events, reason
+    return code
 
 
 def bot_mask(events: pd.DataFrame, rules: ValidationRules | None = None) -> pd.Series:
     """True for every event of a (platform, user) that exceeds the browsing-rate limit in any minute."""
+    table = pa.table(
+        {
+            "platform": _string_array(_as_object(events["platform"])),
+            "user_id": _string_array(_as_object(events["user_id"])),
+            "action": _string_array(_as_object(events["action"])),
+            "ts": pa.array(_to_utc(events["ts"])),
+        }
+    )
+    return pd.Series(bot_flags(table, rules), index=events.index)
+
+
+def bot_flags(events: pa.Table, rules: ValidationRules | None = None) -> np.ndarray:
+    """Arrow form of :func:`bot_mask`: a numpy mask over the rows of ``events`` (columns
+    ``platform``, ``user_id``, ``action``, ``ts``)."""
+    return flag_bots(user_keys(events["platform"], events["user_id"]), events["action"], events["ts"], rules)
+
+
+def user_keys(platform: pa.Array | pa.ChunkedArray, user_id: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """One int64 per row for its ``(platform, user_id)`` (-1 where either is missing): exact,
+    and far cheaper to group and to look up than pairs of strings; see :class:`UserKeys`."""
+    return UserKeys.of(platform, user_id).keys
+
+
+@dataclass(frozen=True)
+class UserKeys:
+    """``keys[row] = user_code * len(platforms) + platform_code`` (-1 where either is missing),
+    with the distinct ``platforms`` and ``users`` the codes index: a key names its pair."""
+
+    keys: np.ndarray
+    platforms: pa.Array
+    users: pa.Array
+
+    @classmethod
+    def of(cls, platform: pa.Array | pa.ChunkedArray, user_id: pa.Array | pa.ChunkedArray) -> UserKeys:
+        """Keys of every row; ``user_id`` may be dictionary-encoded."""
+        platform_codes, platforms = dictionary_codes(platform)
+        if pa.types.is_dictionary(user_id.type):
+            user_codes, users = _value_codes(user_id)
+        else:
+            user_codes, users = dictionary_codes(user_id)
+        width = max(len(platforms), 1)
+        keys = np.where((platform_codes >= 0) & (user_codes >= 0), user_codes * width + platform_codes, -1)
+        return cls(keys, platforms, users)
+
+    def pairs(self, keys: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        """The ``(platform, user_id)`` strings of some (non-negative) keys."""
+        width = max(len(self.platforms), 1)
+        return self.platforms.take(pa.array(keys % width)), _plain(self.users.take(pa.array(keys // width)))
+
+
+def flag_bots(
+    keys: np.ndarray,
+    action: pa.Array | pa.ChunkedArray,
+    ts: pa.Array | pa.ChunkedArray,
+    rules: ValidationRules | None = None,
+    among: np.ndarray | None = None,
+) -> np.ndarray:
+    """The rows whose user (``keys``, see :func:`user_keys`) exceeds the browsing-rate limit in
+    some minute. Only rows in ``among`` (default: all) are counted or flagged."""
     rules = rules or ValidationRules()
-    browsing = events[events["action"].isin(rules.bot_actions)]
-    if browsing.empty:
-        return pd.Series(False, index=events.index)
-    minute = browsing["ts"].dt.floor("min")
-    per_minute = browsing.groupby([browsing["platform"], browsing["user_id"], minute], sort=False).size()
-    over = per_minute[per_minute > rules.bot_actions_per_minute]
-    if over.empty:
-        return pd.Series(False, index=events.index)
-    bots = set(zip(over.index.get_level_values(0), over.index.get_level_values(1), strict=True))
-    keys = pd.MultiIndex.from_arrays([events["platform"], events["user_id"]])
-    return pd.Series(keys.isin(list(bots)), index=events.index)
+    n = len(keys)
+    among = np.ones(n, dtype=bool) if among is None else among
+    browsing = _numpy_bool(pc.is_in(action, value_set=pa.array(rules.bot_actions, pa.string())))
+    stamps, has_ts = timestamp_ints(ts)
+    counted = among & browsing & has_ts & (keys >= 0)  # groupby drops missing keys
+    if not counted.any():
+        return np.zeros(n, dtype=bool)
+    dense = keys.max() <= 4 * len(keys)  # codes from user_keys: small integers, countable in an array
+    if dense:
+        # A user over the limit in some minute is over it in total: count minutes only for those.
+        busy = np.bincount(keys[counted], minlength=int(keys.max()) + 1) > rules.bot_actions_per_minute
+        counted &= busy[np.maximum(keys, 0)]
+        if not counted.any():
+            return np.zeros(n, dtype=bool)
+    minute = stamps[counted] // (60 * _NS_PER_UNIT["s"] // _NS_PER_UNIT[ts.type.unit])  # floor, as pandas does
+    user = keys[counted]
+    span = int(minute.max() - minute.min()) + 1
+    if (int(user.max()) + 1) * span < 2**62:  # (user, minute) as one integer: one hash pass counts them
+        cells = pc.value_counts(pa.array(user * span + (minute - minute.min())))
+        over = cells.field("values").to_numpy()[cells.field("counts").to_numpy() > rules.bot_actions_per_minute]
+        bot_users = over // span
+    else:
+        per_minute = (
+            pa.table({"key": user, "minute": minute})
+            .group_by(["key", "minute"], use_threads=False)
+            .aggregate([("key", "count")])
+        )
+        bot_users = per_minute["key"].to_numpy()[per_minute["key_count"].to_numpy() > rules.bot_actions_per_minute]
+    if not len(bot_users):
+        return np.zeros(n, dtype=bool)
+    if not dense:
+        return among & (keys >= 0) & np.isin(keys, bot_users)
+    is_bot = np.zeros(int(keys.max()) + 1, dtype=bool)  # dense codes (see user_keys): a lookup table
+    is_bot[bot_users] = True
+    return among & (keys >= 0) & is_bot[np.maximum(keys, 0)]
+
+
+def dictionary_codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary-encode a column: int64 codes (-1 for null), numbered in order of first
+    appearance, and the distinct values."""
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.Array):
+        return pc.fill_null(encoded.indices, -1).to_numpy().astype(np.int64), encoded.dictionary
+    # A chunked column is encoded against one dictionary shared by every chunk.
+    if not encoded.num_chunks:
+        return np.zeros(0, dtype=np.int64), pa.array([], values.type)
+    codes = [pc.fill_null(chunk.indices, -1).to_numpy().astype(np.int64) for chunk in encoded.chunks]
+    return np.concatenate(codes), encoded.chunks[-1].dictionary
+
+
+def _value_codes(values: pa.DictionaryArray | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Codes of a dictionary-encoded column's values (-1 for null), the same code for the same
+    value in every chunk (the chunks' dictionaries are unified: a few entries, not rows), and
+    the distinct values they index."""
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
+    chunks = values.unify_dictionaries().chunks
+    if not chunks:
+        return np.zeros(0, dtype=np.int64), pa.array([], values.type.value_type)
+    # Equal values may still sit at two places in a dictionary: number the distinct values.
+    remap, distinct = dictionary_codes(chunks[0].dictionary)
+    codes = np.concatenate([pc.fill_null(chunk.indices, -1).to_numpy().astype(np.int64) for chunk in chunks])
+    return np.where(codes >= 0, remap[np.maximum(codes, 0)] if len(remap) else codes, -1), distinct
+
+
+def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A dictionary-encoded column decoded to its values; any other column as it is."""
+    return values.cast(values.type.value_type) if pa.types.is_dictionary(values.type) else values
+
+
+def first_occurrences(codes: np.ndarray, n_distinct: int) -> np.ndarray:
+    """Mask of the first row of each code, for codes from :func:`dictionary_codes`.
+
+    Codes are numbered in order of first appearance, so a row is a first occurrence exactly
+    when its code exceeds every code before it: one pass, no sort.
+    """
+    if not len(codes):
+        return np.zeros(0, dtype=bool)
+    before = np.maximum.accumulate(np.concatenate([[-1], codes[:-1]]))
+    first = codes > before
+    if int(first.sum()) != n_distinct or not np.array_equal(codes[first], np.arange(n_distinct)):
+        first = np.zeros(len(codes), dtype=bool)  # numbering not by first appearance: sort instead
+        first[np.unique(codes, return_index=True)[1]] = True
+    return first
 
 
 CONTENT_COLUMNS = ["platform", "user_id", "item_id", "action", "value", "text", "ts"]
@@ -230,8 +525,36 @@ def content_event_ids(events: pd.DataFrame) -> pd.Series:
         ),
         pa.string(),
     )
-    joined = pc.binary_join_element_wise(*parts, value, ts, "\x1f", null_handling="replace", null_replacement="\x00")
-    digests = [
-        "h" + hashlib.blake2b(v.encode(), digest_size=16).hexdigest() for v in joined.to_numpy(zero_copy_only=False)
+    return pd.Series(_hash_fields([*parts, value, ts]).to_numpy(zero_copy_only=False), index=events.index, dtype=object)
+
+
+def content_ids(events: pa.Table) -> pa.Array:
+    """Arrow form of :func:`content_event_ids` over a conformed table: the same id for the
+    same content (value null rather than NaN, ``ts`` in any unit, rounded to microseconds)."""
+    parts = [_plain(events[c]) for c in ("platform", "user_id", "item_id", "action", "text")]
+    value = pc.cast(_nan_to_null(events["value"]), pa.string())
+    us, valid = micros(events["ts"])
+    ts = pc.cast(pa.array(us, type=pa.int64(), mask=~valid), pa.string())
+    return _hash_fields([*parts, value, ts])
+
+
+def _hash_fields(fields: Iterable[pa.Array | pa.ChunkedArray], step: int = 1 << 16) -> pa.Array:
+    joined = pc.binary_join_element_wise(*fields, "\x1f", null_handling="replace", null_replacement="\x00")
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    joined = joined.cast(pa.binary())
+    # BLAKE2b has no vectorised form: hash row by row, as cheaply as Python allows (copying a
+    # configured hash object beats parsing the digest_size keyword on every row), a slice of
+    # rows at a time so that the Python objects of one slice reuse the memory of the last.
+    new = hashlib.blake2b(digest_size=16).copy
+
+    def content_id(data: bytes) -> str:
+        digest = new()
+        digest.update(data)
+        return "h" + digest.hexdigest()
+
+    parts = [
+        pa.array(list(map(content_id, joined.slice(lo, step).to_numpy(zero_copy_only=False))), type=pa.string())
+        for lo in range(0, len(joined), step)
     ]
-    return pd.Series(digests, index=events.index, dtype=object)
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())

@@ -9,12 +9,15 @@ the smallest pseudonym in its component, so it is stable while the component kee
 from __future__ import annotations
 
 import hashlib
-import hmac
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+
+from pipelines.contract import first_occurrences
 
 PERSON_MAP_COLUMNS = ["platform", "user_id", "person_id"]
 
@@ -26,13 +29,40 @@ class Pseudonymiser:
         if not key:
             raise ValueError("the pseudonymisation key is empty: set XINTEREST_PSEUDONYM_KEY")
         self._key = key.encode()
+        # HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once: per
+        # value, two copies and two updates instead of hmac.new's key schedule and wrapper.
+        # The digests are exactly hmac.new(key, text, sha256)'s (tests/code/test_identity.py checks them).
+        block = hashlib.sha256().block_size
+        padded = (hashlib.sha256(self._key).digest() if len(self._key) > block else self._key).ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded)).copy
+        # Pseudonyms already computed in this run, by ``platform\x1fuser_id`` bytes: identity
+        # links name the same users as the events. Bounded, so memory stays bounded.
+        self._users: dict[bytes, str] = {}
+
+    _REMEMBERED = 1 << 18  # at most some tens of MB
+
+    def _user_pseudonym(self, key: bytes) -> str:
+        pseudonym = self._users.get(key)
+        if pseudonym is None:
+            pseudonym = "u" + self._hex(key, 24)
+            if len(self._users) < self._REMEMBERED:
+                self._users[key] = pseudonym
+        return pseudonym
 
     def _digest(self, text: str, length: int) -> str:
-        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()[:length]
+        return self._hex(text.encode(), length)
+
+    def _hex(self, data: bytes, length: int) -> str:
+        inner = self._inner()
+        inner.update(data)
+        outer = self._outer()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:length]
 
     def user(self, platform: str, user_id: str) -> str:
         """Pseudonym of a platform's user id, e.g. ``u3f9c…``."""
-        return "u" + self._digest(f"{platform}\x1f{user_id}", 24)
+        return self._user_pseudonym(f"{platform}\x1f{user_id}".encode())
 
     def person(self, representative: str) -> str:
         return "p" + self._digest(f"person\x1f{representative}", 24)
@@ -49,6 +79,26 @@ class Pseudonymiser:
             out[sel] = hashed[codes]
         return pd.Series(out, index=platforms.index, dtype=object)
 
+    def user_array(self, platforms: pa.Array | pa.ChunkedArray | str, user_ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Arrow form of :meth:`users` (``platforms`` may be one name for every row): the
+        pseudonym where both platform and user id are present, null elsewhere."""
+        return self.user_dictionary(platforms, user_ids).cast(pa.string())
+
+    def user_dictionary(
+        self, platforms: pa.Array | pa.ChunkedArray | str, user_ids: pa.Array | pa.ChunkedArray
+    ) -> pa.DictionaryArray:
+        """:meth:`user_array`, dictionary-encoded: each distinct ``platform\x1fuser_id`` key is
+        hashed once, and rows hold an index into the pseudonyms (cheap to group and to move)."""
+        if isinstance(platforms, str):
+            platforms = pa.scalar(platforms, pa.string())
+        keys = pc.binary_join_element_wise(platforms, user_ids, "\x1f")
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        encoded = pc.dictionary_encode(keys)
+        distinct = encoded.dictionary.cast(pa.binary()).to_numpy(zero_copy_only=False)
+        hashed = pa.array([self._user_pseudonym(key) for key in distinct], type=pa.string())
+        return pa.DictionaryArray.from_arrays(encoded.indices, hashed)
+
 
 def resolve_persons(nodes: pd.DataFrame, links: pd.DataFrame, pseudonymiser: Pseudonymiser) -> pd.DataFrame:
     """Map every pseudonymised ``(platform, user_id)`` node to a ``person_id``.
@@ -57,18 +107,47 @@ def resolve_persons(nodes: pd.DataFrame, links: pd.DataFrame, pseudonymiser: Pse
     platform_b, user_id_b`` (already pseudonymised). Nodes that only appear in links are
     included. Returns a frame with :data:`PERSON_MAP_COLUMNS`, one row per node.
     """
+    return resolve_persons_indexed(nodes, links, pseudonymiser)[0]
+
+
+def resolve_persons_indexed(
+    nodes: pd.DataFrame, links: pd.DataFrame, pseudonymiser: Pseudonymiser
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`resolve_persons`, plus for each row of ``nodes`` the row of the result that
+    holds it (so callers find each node's person without looking it up again).
+
+    The result lists nodes in order of first appearance in ``nodes``, then in the links.
+    """
     left = links[["platform_a", "user_id_a"]].set_axis(["platform", "user_id"], axis=1)
     right = links[["platform_b", "user_id_b"]].set_axis(["platform", "user_id"], axis=1)
-    all_nodes = (
-        pd.concat([nodes[["platform", "user_id"]], left, right], ignore_index=True)
-        .drop_duplicates()
-        .reset_index(drop=True)
-    )
-    if all_nodes.empty:
-        return pd.DataFrame(columns=PERSON_MAP_COLUMNS)
+    every = pd.concat([nodes[["platform", "user_id"]], left, right], ignore_index=True)
+    if every.empty:
+        return pd.DataFrame(columns=PERSON_MAP_COLUMNS), np.zeros(0, dtype=np.int64)
+    if every.isna().any().any():
+        return _resolve_with_index(every, len(nodes), len(links), pseudonymiser)
+    # One integer per distinct (platform, user_id), numbered by first appearance (as
+    # drop_duplicates keeps them), instead of hashing pairs of strings in a MultiIndex.
+    platform_codes, platforms = pd.factorize(every["platform"].to_numpy(dtype=object))
+    user_codes, _ = pd.factorize(every["user_id"].to_numpy(dtype=object))
+    node_of, _ = pd.factorize(user_codes.astype(np.int64) * max(len(platforms), 1) + platform_codes)
+    first = np.flatnonzero(first_occurrences(node_of, int(node_of.max()) + 1))
+    all_nodes = every.iloc[first].reset_index(drop=True)
+    k, m = len(nodes), len(links)
+    return _components(all_nodes, node_of[k : k + m], node_of[k + m :], pseudonymiser), node_of[:k]
+
+
+def _resolve_with_index(
+    every: pd.DataFrame, k: int, m: int, pseudonymiser: Pseudonymiser
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The general path (missing values among the nodes): pandas matches pairs of values."""
+    all_nodes = every.drop_duplicates().reset_index(drop=True)
     index = pd.MultiIndex.from_frame(all_nodes)
-    a = index.get_indexer(pd.MultiIndex.from_frame(left))
-    b = index.get_indexer(pd.MultiIndex.from_frame(right))
+    node_of = index.get_indexer(pd.MultiIndex.from_frame(every))
+    return _components(all_nodes, node_of[k : k + m], node_of[k + m :], pseudonymiser), node_of[:k]
+
+
+def _components(all_nodes: pd.DataFrame, a: np.ndarray, b: np.ndarray, pseudonymiser: Pseudonymiser) -> pd.DataFrame:
+    """Persons: connected components of the nodes linked by edges ``a[i]``-``b[i]``."""
     n = len(all_nodes)
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, component = connected_components(graph, directed=False)

@@ -4,6 +4,10 @@ For every run, ``read = accepted + quarantined + duplicates`` holds, for the who
 each source: each raw row lands in exactly one of the three. Rows are checked in this order:
 contract rules (quarantine with the first broken rule), duplicates within the run, bots
 (quarantine), duplicates of events already in the lake.
+
+The rows stay in Arrow from the adapters to the lake: validation, pseudonymisation (once per
+distinct user), content ids, deduplication and bot detection work on whole columns, and only
+the small tables (identity links, persons, items, quarantined rows) go through pandas.
 """
 
 from __future__ import annotations
@@ -14,30 +18,37 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipelines.adapters import SourceData, read_source
+from pipelines.adapters import EventBatch, SourceData, read_source
 from pipelines.config import Settings, Workdir
 from pipelines.contract import (
     EVENT_COLUMNS,
     EVENTS_SCHEMA,
     ITEM_COLUMNS,
     LINK_COLUMNS,
+    REASONS,
+    UserKeys,
     ValidationRules,
-    bot_mask,
-    conform_events,
-    content_event_ids,
-    utc_dates,
-    validate_events,
+    as_micros,
+    conform_table,
+    content_ids,
+    dictionary_codes,
+    first_occurrences,
+    flag_bots,
+    micros,
+    reason_codes,
 )
-from pipelines.identity import Pseudonymiser, resolve_persons
+from pipelines.identity import Pseudonymiser, resolve_persons_indexed
 from pipelines.lake import Lake
 from pipelines.synthetic import SyntheticConfig, generate
 
@@ -143,68 +154,82 @@ def ingest(
     now: pd.Timestamp | None = None,
     rules: ValidationRules | None = None,
     lake_dir: Path | None = None,
+    lake: Lake | None = None,
 ) -> IngestReport:
-    """Ingest already-opened sources into ``lake_dir`` (default ``workdir/lake``); quarantined
-    rows go to ``workdir/quarantine`` and every report to ``workdir/reports``. See the module
-    docstring for the order of checks."""
+    """Ingest already-opened sources into ``lake`` (e.g. a staged view, see
+    :meth:`Lake.stage`), else ``lake_dir`` (default ``workdir/lake``); quarantined rows go to
+    ``workdir/quarantine`` and every report to ``workdir/reports``. See the module docstring
+    for the order of checks."""
     now = now if now is not None else pd.Timestamp.now(tz="UTC")
     rules = rules or ValidationRules()
     if settings.using_demo_key:
         log.warning("pseudonymising with the local demo key: set XINTEREST_PSEUDONYM_KEY in production")
     pseudo = Pseudonymiser(settings.pseudonym_key.get_secret_value())
-    lake = Lake(lake_dir or workdir.lake)
-    counts: dict[str, Counts] = {}
-    valid_parts: list[pd.DataFrame] = []
-    quarantine_parts: list[pd.DataFrame] = []
-    seen = pd.Index([], dtype=object)
+    lake = lake if lake is not None else Lake(lake_dir or workdir.lake)
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    with (
+        Progress(*columns, disable=not progress, transient=True) as bar,
+        ThreadPoolExecutor(max_workers=4, thread_name_prefix="ingest") as pool,
+    ):
         task = bar.add_task("ingest: reading sources", total=None)
-        for source in sources:
-            for batch in source.batches:
-                bar.update(task, description=f"ingest: {batch.source} ({batch.path.name})")
-                c = counts.setdefault(batch.source, Counts(batch.source))
-                valid, quarantined, n_dup, seen = _check_batch(
-                    batch.events, batch.source, batch.path, pseudo, now, rules, seen
-                )
-                c.read += len(batch.events)
-                c.duplicates += n_dup
-                c.quarantined.update(quarantined["reason"].value_counts().to_dict())
-                valid_parts.append(valid)
-                quarantine_parts.append(quarantined)
-                bar.advance(task)
+        # Check batches in threads as soon as each is read (adapters may still be reading others);
+        # results are taken in reading order, so the outcome is the same as one after another.
+        checks = [
+            (batch.source, batch.path, pool.submit(_check_loaded, batch, pseudo, now, rules))
+            for source in sources
+            for batch in source.batches
+        ]
+        run = _Run()
+        for source_name, path, check in checks:
+            bar.update(task, description=f"ingest: {source_name} ({path.name})")
+            run.add(source_name, check.result())
+            bar.advance(task)
         bar.update(task, description="ingest: bots, identity, lake commit")
-        valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else _empty_valid()
-        bots = bot_mask(valid, rules).to_numpy()
-        if bots.any():
-            flagged = valid[bots]
-            quarantine_parts.append(_quarantine_frame(flagged, pd.Series("bot_suspected", index=flagged.index)))
-            for source, n in flagged["_source"].value_counts().items():
-                counts[source].quarantined["bot_suspected"] += int(n)
-            valid = valid[~bots]
+        events, us = run.events()
+        days = us // DAY_US
+        # What needs no mask starts now, in threads, beside the checks below: the lake's order of
+        # all rows and one integer per user (Arrow, without the GIL), the sources' identity links.
+        by_time = pool.submit(lambda: _time_order(run.by_time(), us, events["event_id"]))
+        users_of = pool.submit(UserKeys.of, events["platform"], events["user_id"])
+        sourced_links = pool.submit(_source_links, sources, pseudo)
+        old_persons_of = pool.submit(lake.table, "persons")
+        items_of = pool.submit(_items, sources, lake)
 
-        dates = utc_dates(valid["ts"])
-        touched = sorted(dates.unique())
-        in_lake = lake.events(columns=["event_id"], dates=touched)["event_id"]
-        dup_lake = valid["event_id"].isin(pd.Index(in_lake)).to_numpy()
-        for source, n in valid.loc[dup_lake, "_source"].value_counts().items():
-            counts[source].duplicates += int(n)
-        new = valid[~dup_lake].copy()
-        new_dates = dates[~dup_lake]
-        for source, n in new["_source"].value_counts().items():
-            counts[source].accepted += int(n)
+        run.drop(_in_run_duplicates(run.ids), "duplicates")
+        users = users_of.result()
+        bots = flag_bots(users.keys, events["action"], events["ts"], rules, among=run.keep)
+        run.quarantine(events.filter(pa.array(bots)), bots, "bot_suspected")
+        run.drop(bots, None)
+        touched = _date_names(np.sort(pc.unique(pa.array(days[run.keep])).to_numpy()))
+        in_lake = lake.events_table(columns=["event_id"], dates=touched)["event_id"]
+        dup_lake = np.zeros(len(run.keep), dtype=bool)
+        if len(in_lake):
+            dup_lake = _numpy_mask(pc.is_in(events["event_id"], value_set=in_lake.combine_chunks()))
+        n_dup_lake = run.drop(dup_lake, "duplicates")
+        run.accept()
 
-        links_counts, links = _links(sources, new, pseudo, lake)
-        persons = resolve_persons(_nodes(new, lake), links, pseudo)
-        items_counts, items = _items(sources, lake)
-        partitions = _partitions(lake, new, new_dates, persons)
+        # Put the new rows in the lake's order in the background (Arrow, without the GIL)
+        # while identities are resolved here (pandas and Python hashing).
+        ordered = pool.submit(_gather_in_order, events, by_time, run.keep)
+        given = run.keep & _numpy_mask(pc.is_valid(events["person_id"]))
+        given_rows = events.filter(pa.array(given)).select(["platform", "user_id", "person_id"])
+        given_rows = _replace(given_rows, "user_id", given_rows["user_id"].cast(pa.string()))
+        links_counts, links = _links(sourced_links.result(), given_rows, lake)
+        persons, person_of_row, remap = _identities(users, run.keep, links, old_persons_of.result(), pseudo)
+        items_counts, items = items_of.result()
+        order, table = ordered.result()
+        # Person ids as indices into the person map: the commit's writers decode each date.
+        person = pa.DictionaryArray.from_arrays(
+            pa.array(person_of_row[order].astype(np.int32)), pa.array(persons["person_id"].to_numpy(), pa.string())
+        )
+        table = table.append_column("person_id", person).select(EVENT_COLUMNS)
         changed = lake.commit(
-            partitions=partitions,
+            partitions=_partitions(lake, table, days[order], persons, remap),
             tables={"persons": persons, "links": links, "items": items},
         )
-    quarantine_file = _write_quarantine(workdir, quarantine_parts)
-    report = _report(counts, lake, links_counts, items_counts, persons, changed, quarantine_file, int(dup_lake.sum()))
+    quarantine_file = _write_quarantine(workdir, run.quarantined)  # only once the lake committed
+    report = _report(run.counts, lake, links_counts, items_counts, persons, changed, quarantine_file, n_dup_lake)
     if report_path is not None:
         report.write(report_path)
     workdir.reports.mkdir(parents=True, exist_ok=True)
@@ -212,80 +237,284 @@ def ingest(
     return report
 
 
-def _empty_valid() -> pd.DataFrame:
-    frame = pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS})
-    frame["ts"] = pd.Series(dtype="datetime64[us, UTC]")
-    frame["value"] = pd.Series(dtype=float)
-    frame["_source"] = pd.Series(dtype=object)
-    return frame
+DAY_US = 86_400_000_000
+
+
+class _Run:
+    """The rows of every batch, in reading order, and where each one went.
+
+    Rows stay where they are once read; ``keep`` says which are still in, and every row
+    dropped from it is counted for its source (as a duplicate or a quarantine reason).
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counts] = {}
+        self.quarantined: list[pa.Table] = []
+        self.ids: list[_BatchIds] = []
+        self._batches: list[_Checked] = []
+        self._source: list[np.ndarray] = []  # per row: its source's index in `counts`
+        self.keep = np.zeros(0, dtype=bool)
+        self.source_of = np.zeros(0, dtype=np.int32)
+
+    def add(self, source: str, batch: _Checked) -> None:
+        """One checked batch, in reading order."""
+        c = self.counts.setdefault(source, Counts(source))
+        c.read += batch.n_read
+        c.quarantined.update(batch.reasons)
+        self.quarantined.append(batch.quarantined)
+        self.ids.append(batch.ids)
+        self._batches.append(batch)
+        self._source.append(np.full(batch.events.num_rows, list(self.counts).index(source), dtype=np.int32))
+
+    def events(self) -> tuple[pa.Table, np.ndarray]:
+        """Every batch's rows as one table (``keep``: the valid ones), and their ``ts`` in
+        microseconds."""
+        batches = self._batches
+        self.keep = np.concatenate([b.valid for b in batches]) if batches else np.zeros(0, dtype=bool)
+        self.source_of = np.concatenate(self._source) if batches else np.zeros(0, dtype=np.int32)
+        events = pa.concat_tables([b.events for b in batches]) if batches else _empty_events()
+        us = np.concatenate([b.us for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+        # One dictionary of pseudonyms for all batches (a few entries per user, not per row).
+        return _replace(events, "user_id", events["user_id"].unify_dictionaries()), us
+
+    def by_time(self) -> np.ndarray:
+        """Every row's position ordered by ``ts`` (stable): the batches' own orders, merged."""
+        if not self._batches:
+            return np.zeros(0, dtype=np.int64)
+        starts = np.cumsum([0] + [len(b.us) for b in self._batches[:-1]])
+        positions = np.concatenate([b.by_time + start for b, start in zip(self._batches, starts, strict=True)])
+        runs = np.concatenate([b.us[b.by_time] for b in self._batches])
+        return positions[np.argsort(runs, kind="stable")]  # sorted runs: a merge, not a sort
+
+    def drop(self, rows: np.ndarray, counted_as: str | None) -> int:
+        """Take ``rows`` out of ``keep`` (those still in), counting them per source."""
+        rows = rows & self.keep
+        if counted_as is not None:
+            self._add(rows, counted_as)
+        self.keep &= ~rows
+        return int(rows.sum())
+
+    def quarantine(self, rows: pa.Table, mask: np.ndarray, reason: str) -> None:
+        """Quarantine the kept ``rows`` (selected by ``mask``) with one reason."""
+        if not mask.any():
+            return
+        names = np.array(list(self.counts))
+        self.quarantined.append(_quarantine_table(rows, reason, names[self.source_of[mask]]))
+        for i, n in enumerate(np.bincount(self.source_of[mask], minlength=len(names))):
+            if n:
+                self.counts[names[i]].quarantined[reason] += int(n)
+
+    def accept(self) -> None:
+        """Count the rows still kept as accepted."""
+        self._add(self.keep, "accepted")
+
+    def _add(self, rows: np.ndarray, field_name: str) -> None:
+        names = list(self.counts)
+        for i, n in enumerate(np.bincount(self.source_of[rows], minlength=len(names))):
+            if n:
+                c = self.counts[names[i]]
+                setattr(c, field_name, getattr(c, field_name) + int(n))
+
+
+def _numpy_mask(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _date_names(days: np.ndarray) -> list[str]:
+    """``YYYY-MM-DD`` of day numbers since the epoch, as :func:`~pipelines.contract.utc_dates` writes them."""
+    return np.datetime_as_string(days.astype("datetime64[D]"), unit="D").tolist()
+
+
+def _empty_events() -> pa.Table:
+    table = pa.table({f.name: pa.array([], f.type) for f in EVENTS_SCHEMA})
+    return _replace(table, "user_id", pa.chunked_array([], pa.dictionary(pa.int32(), pa.string())))
+
+
+@dataclass
+class _Checked:
+    """One batch after :func:`_check_batch`, with what later steps need from it, computed in
+    the batch's own thread while other files are still being read."""
+
+    n_read: int
+    events: pa.Table  # every row, pseudonymised (see _check_batch)
+    valid: np.ndarray
+    quarantined: pa.Table
+    reasons: Counter[str]
+    ids: _BatchIds  # valid rows' event ids, deduplicated within the batch
+    us: np.ndarray  # ts in microseconds
+    by_time: np.ndarray  # row positions sorted by ts (stable)
+
+
+def _check_loaded(batch: EventBatch, pseudo: Pseudonymiser, now: pd.Timestamp, rules: ValidationRules) -> _Checked:
+    events = batch.loaded()
+    checked, valid, quarantined, reasons = _check_batch(events, batch.source, batch.path, pseudo, now, rules)
+    us, _ = micros(checked["ts"])
+    ids = _BatchIds.of(checked["event_id"], valid)
+    return _Checked(len(events), checked, valid, quarantined, reasons, ids, us, np.argsort(us, kind="stable"))
+
+
+@dataclass
+class _BatchIds:
+    """The event ids of one batch's valid rows (null elsewhere), dictionary-encoded."""
+
+    ids: pa.ChunkedArray
+    codes: np.ndarray  # per row, -1 for invalid rows
+    distinct: pa.Array
+    first: np.ndarray  # the first row of each id within the batch
+    initials: set[int]  # first byte of each distinct id (-1: empty): equal ids share it
+
+    @classmethod
+    def of(cls, event_id: pa.ChunkedArray, valid: np.ndarray) -> _BatchIds:
+        ids = pc.if_else(pa.array(valid), event_id, pa.scalar(None, pa.string()))
+        codes, distinct = dictionary_codes(ids)
+        width = np.int64 if pa.types.is_large_string(distinct.type) else np.int32
+        offsets = np.frombuffer(distinct.buffers()[1], dtype=width)[
+            distinct.offset : distinct.offset + len(distinct) + 1
+        ]
+        data = distinct.buffers()[2]
+        bytes_ = np.frombuffer(data, dtype=np.uint8) if data is not None and len(data) else np.zeros(1, np.uint8)
+        initial = np.where(offsets[1:] > offsets[:-1], bytes_[np.minimum(offsets[:-1], len(bytes_) - 1)], -1)
+        return cls(ids, codes, distinct, first_occurrences(codes, len(distinct)), set(np.unique(initial).tolist()))
+
+
+def _in_run_duplicates(batches: list[_BatchIds]) -> np.ndarray:
+    """Rows whose event id a valid row earlier in the run already has (reading order).
+
+    Batches whose ids start with different bytes cannot share an id: only batches linked by
+    a common first byte are compared (two at once with one lookup, more with one encoding of
+    all their ids), so sources with their own id schemes cost nothing extra.
+    """
+    group = list(range(len(batches)))
+
+    def root(b: int) -> int:
+        while group[b] != b:
+            b = group[b]
+        return b
+
+    owner: dict[int, int] = {}
+    for b, batch in enumerate(batches):
+        for initial in batch.initials:
+            if initial in owner:
+                group[root(b)] = root(owner[initial])
+            else:
+                owner[initial] = b
+    dup = [(batch.codes >= 0) & ~batch.first for batch in batches]
+    members: dict[int, list[int]] = {}
+    for b in range(len(batches)):
+        members.setdefault(root(b), []).append(b)
+    for linked in members.values():
+        if len(linked) == 2:
+            earlier, later = (batches[b] for b in linked)
+            seen = _numpy_mask(pc.is_in(later.distinct, value_set=earlier.distinct))
+            dup[linked[1]] |= (later.codes >= 0) & seen[np.maximum(later.codes, 0)] if len(seen) else False
+        elif len(linked) > 2:
+            codes, distinct = dictionary_codes(pa.chunked_array([c for b in linked for c in batches[b].ids.chunks]))
+            repeated = (codes >= 0) & ~first_occurrences(codes, len(distinct))
+            bounds = np.cumsum([0] + [len(batches[b].codes) for b in linked])
+            for i, b in enumerate(linked):
+                dup[b] = repeated[bounds[i] : bounds[i + 1]]
+    return np.concatenate(dup) if dup else np.zeros(0, dtype=bool)
 
 
 def _check_batch(
-    raw: pd.DataFrame,
+    raw: pd.DataFrame | pa.Table,
     source: str,
     path: Path,
     pseudo: Pseudonymiser,
     now: pd.Timestamp,
     rules: ValidationRules,
-    seen: pd.Index,
-) -> tuple[pd.DataFrame, pd.DataFrame, int, pd.Index]:
-    """Validate one batch; return valid rows, quarantined rows, the in-run duplicate count."""
-    events = conform_events(raw)
-    for extra in ("_malformed", "_value_invalid"):
-        if extra in raw:
-            events[extra] = raw[extra].eq(True).to_numpy()
-    given_person = events["person_id"].copy()
-    has_user = events["platform"].notna() & events["user_id"].notna()
-    if has_user.any():
-        events.loc[has_user, "user_id"] = pseudo.users(
-            events.loc[has_user, "platform"], events.loc[has_user, "user_id"]
-        )
-    if given_person.notna().any():
-        events["person_id"] = pseudo.users(pd.Series(EXTERNAL_PERSON, index=events.index), given_person).where(
-            given_person.notna(), None
-        )
-    _, reason = validate_events(events, now, rules)
-    bad = reason.notna().to_numpy()
-    quarantined = _quarantine_frame(events[bad], reason[bad], raw.get("_raw"), source, path)
-    valid = events.loc[~bad, EVENT_COLUMNS].copy()
-    missing_id = valid["event_id"].isna().to_numpy()
-    if missing_id.any():
-        valid.loc[missing_id, "event_id"] = content_event_ids(valid[missing_id])
-    dup = valid["event_id"].duplicated().to_numpy() | valid["event_id"].isin(seen).to_numpy()
-    valid = valid[~dup]
-    valid["_source"] = source
-    valid["ts"] = valid["ts"].astype("datetime64[us, UTC]")
-    return valid, quarantined, int(dup.sum()), seen.append(pd.Index(valid["event_id"]))
+) -> tuple[pa.Table, np.ndarray, pa.Table, Counter[str]]:
+    """Validate one batch: all its rows in :data:`EVENT_COLUMNS` (pseudonymised, ``ts`` in
+    microseconds, every valid row with an event id), the mask of valid rows, the quarantined
+    rows, and how many rows each reason quarantined. Valid rows are not copied out: later
+    steps work with masks over the batch as it is."""
+    events = conform_table(raw)
+    raw_user = events["user_id"]
+    # Pseudonyms stay dictionary-encoded (an index per row) until the lake is written.
+    events = _replace(events, "user_id", pseudo.user_dictionary(events["platform"], raw_user))
+    given_person = events["person_id"]
+    if given_person.null_count < len(given_person):
+        events = _replace(events, "person_id", pseudo.user_array(EXTERNAL_PERSON, given_person))
+    # Rows without a platform have no pseudonym: they fail on their platform before their user.
+    code = reason_codes(events, now, rules)
+    bad = code >= 0
+    reasons = Counter({REASONS[i]: int(n) for i, n in enumerate(np.bincount(code[bad], minlength=len(REASONS))) if n})
+    names = np.array(REASONS, dtype=object)[code[bad]]
+    rejected = events.filter(pa.array(bad))
+    # A user id without a platform is pseudonymised with an empty platform: no raw id is kept.
+    no_platform = pseudo.user_dictionary("", raw_user.filter(pa.array(bad))).dictionary_decode()
+    user = pc.coalesce(rejected["user_id"].cast(pa.string()), no_platform)
+    quarantined = _quarantine_table(_replace(rejected, "user_id", user), names, source, path)
+    events = _replace(events.select(EVENT_COLUMNS), "ts", as_micros(events["ts"]))
+    missing = ~bad & _numpy_mask(pc.is_null(events["event_id"]))
+    if missing.any():
+        ids = content_ids(events.filter(pa.array(missing)))
+        filled = pc.replace_with_mask(events["event_id"].combine_chunks(), pa.array(missing), ids)
+        events = _replace(events, "event_id", filled)
+    return events, ~bad, quarantined, reasons
 
 
-def _quarantine_frame(
-    rows: pd.DataFrame,
-    reason: pd.Series,
-    raw: pd.Series | None = None,
-    source: str | None = None,
+def _replace(table: pa.Table, column: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
+    i = table.schema.get_field_index(column)
+    return table.set_column(i, pa.field(column, values.type), values)
+
+
+def _quarantine_table(
+    rows: pa.Table,
+    reason: np.ndarray | str,
+    source: np.ndarray | str,
     path: Path | None = None,
-) -> pd.DataFrame:
-    out = rows.reindex(columns=EVENT_COLUMNS).copy()
-    out["ts"] = out["ts"].astype("datetime64[us, UTC]")
-    out.insert(0, "reason", reason.to_numpy())
-    out.insert(0, "file", str(path) if path else None)
-    out.insert(0, "source", rows["_source"].to_numpy() if "_source" in rows and source is None else source)
-    out["raw"] = raw.reindex(rows.index).to_numpy() if raw is not None else None
-    return out
+) -> pa.Table:
+    """Quarantined rows in :data:`QUARANTINE_COLUMNS` (``raw`` only for unparseable rows)."""
+    n = rows.num_rows
+
+    def text(values: np.ndarray | str | None) -> pa.Array:
+        if values is None or isinstance(values, str):
+            return pa.repeat(pa.scalar(values, pa.string()), n)
+        return pa.array(values, type=pa.string())
+
+    columns = {"source": text(source), "file": text(str(path) if path else None), "reason": text(reason)}
+    for column in EVENT_COLUMNS:
+        columns[column] = as_micros(rows[column]) if column == "ts" else rows[column]
+    columns["user_id"] = columns["user_id"].cast(pa.string())
+    columns["raw"] = rows["_raw"] if "_raw" in rows.column_names else text(None)
+    return pa.table(columns)
 
 
-def _nodes(new: pd.DataFrame, lake: Lake) -> pd.DataFrame:
-    nodes = new[["platform", "user_id"]].drop_duplicates()
-    old = lake.table("persons")
-    if old is not None:
-        nodes = pd.concat([old[["platform", "user_id"]], nodes]).drop_duplicates()
-    return nodes
+def _identities(
+    users: UserKeys,
+    keep: np.ndarray,
+    links: pd.DataFrame,
+    old_persons: pd.DataFrame | None,
+    pseudo: Pseudonymiser,
+) -> tuple[pd.DataFrame, np.ndarray, bool]:
+    """The person map (the lake's nodes, the new events' users, then nodes only in links), the
+    row of its person for every kept row (-1 elsewhere), and whether persons of nodes already
+    in the lake changed (identities merged: every stored event's person id must be redone)."""
+    nodes, node_of_row = _new_nodes(users, keep)
+    old_nodes = old_persons[["platform", "user_id"]] if old_persons is not None else nodes.iloc[:0]
+    persons, node_row = resolve_persons_indexed(pd.concat([old_nodes, nodes], ignore_index=True), links, pseudo)
+    remap = old_persons is not None and bool(
+        (persons["person_id"].to_numpy()[node_row[: len(old_nodes)]] != old_persons["person_id"].to_numpy()).any()
+    )
+    person_of_row = np.full(len(keep), -1, dtype=np.int64)
+    person_of_row[keep] = node_row[len(old_nodes) :][node_of_row]
+    return persons, person_of_row, remap
 
 
-def _links(
-    sources: list[SourceData], new: pd.DataFrame, pseudo: Pseudonymiser, lake: Lake
-) -> tuple[Counts, pd.DataFrame]:
-    """Pseudonymised identity links: the lake's, the sources', and those implied by given person ids."""
+def _new_nodes(users: UserKeys, rows: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The distinct ``(platform, user_id)`` of the selected ``rows``, in order of first
+    appearance, and for each selected row the index of its node."""
+    node_of_row, keys = dictionary_codes(pa.array(users.keys[rows], type=pa.int64()))
+    platform, user = users.pairs(keys.to_numpy())  # a key names its pair: no rows to look up
+    nodes = pd.DataFrame(
+        {"platform": platform.to_numpy(zero_copy_only=False), "user_id": user.to_numpy(zero_copy_only=False)}
+    )
+    return nodes, node_of_row
+
+
+def _source_links(sources: list[SourceData], pseudo: Pseudonymiser) -> tuple[Counts, list[pd.DataFrame]]:
+    """The sources' identity links, complete ones pseudonymised, and how many were incomplete."""
     counts = Counts("links")
     frames = []
     for source in sources:
@@ -301,7 +530,14 @@ def _links(
                 user_id_b=pseudo.users(links["platform_b"], links["user_id_b"]).to_numpy(),
             )
         frames.append(links)
-    given = new[new["person_id"].notna()]
+    return counts, frames
+
+
+def _links(sourced: tuple[Counts, list[pd.DataFrame]], given: pa.Table, lake: Lake) -> tuple[Counts, pd.DataFrame]:
+    """Pseudonymised identity links: the lake's, the sources' (see :func:`_source_links`), and
+    those implied by given person ids."""
+    counts, frames = sourced
+    given = given.select(["platform", "user_id", "person_id"]).to_pandas()  # new events with a person id
     if len(given):
         frames.append(
             pd.DataFrame(
@@ -352,46 +588,75 @@ def _items(sources: list[SourceData], lake: Lake) -> tuple[Counts, pd.DataFrame]
     return counts, merged.sort_values(["platform", "item_id"]).reset_index(drop=True)[ITEM_COLUMNS]
 
 
-def _partitions(lake: Lake, new: pd.DataFrame, new_dates: pd.Series, persons: pd.DataFrame) -> dict[str, pa.Table]:
-    """The partitions to (re)write: the touched dates, or every date when identities merged."""
-    person_of = pd.Series(
-        persons["person_id"].to_numpy(), index=pd.MultiIndex.from_frame(persons[["platform", "user_id"]])
-    )
-    new = new.drop(columns="_source")
-    new["person_id"] = person_of.reindex(pd.MultiIndex.from_frame(new[["platform", "user_id"]])).to_numpy()
-    old_persons = lake.table("persons")
-    remap = False
-    if old_persons is not None and len(old_persons):
-        key = pd.MultiIndex.from_frame(old_persons[["platform", "user_id"]])
-        remap = bool((person_of.reindex(key).to_numpy() != old_persons["person_id"].to_numpy()).any())
-    # One conversion to Arrow, then zero-copy slices per date.
-    order = np.argsort(new_dates.to_numpy(), kind="stable")
-    new = new.iloc[order]
-    sorted_dates = new_dates.to_numpy()[order]
-    table = pa.Table.from_pandas(new[EVENT_COLUMNS], schema=EVENTS_SCHEMA, preserve_index=False)
-    dates, starts = np.unique(sorted_dates, return_index=True)
-    bounds = [*starts.tolist(), len(sorted_dates)]
-    fresh = {str(d): table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i, d in enumerate(dates)}
-    touched = set(lake.dates()) if remap else set()
-    touched |= {d for d in fresh if d in set(lake.dates())}
-    old = lake.events(dates=sorted(touched)) if touched else None
+def _time_order(order: np.ndarray, us: np.ndarray, event_id: pa.ChunkedArray) -> np.ndarray:
+    """Row positions sorted by (``ts``, ``event_id``), the lake's order within a date, from
+    positions already sorted by ``ts``."""
+    # Equal timestamps are few: order just those rows by event id, inside their runs.
+    ts = us[order]
+    same = ts[1:] == ts[:-1]
+    if same.any():
+        tied = np.flatnonzero(np.concatenate([same, [False]]) | np.concatenate([[False], same]))
+        ids = event_id.take(pa.array(order[tied]))
+        resort = pc.sort_indices(
+            pa.table({"ts": ts[tied], "id": ids}), sort_keys=[("ts", "ascending"), ("id", "ascending")]
+        ).to_numpy()
+        order[tied] = order[tied][resort]
+    return order
+
+
+def _gather_in_order(events: pa.Table, by_time: Future[np.ndarray], keep: np.ndarray) -> tuple[np.ndarray, pa.Table]:
+    """The kept rows' positions in the lake's order, and their columns (all but ``person_id``)
+    gathered in that order: each date is then a zero-copy slice, already sorted."""
+    order = by_time.result()
+    order = order[keep[order]]
+    indices = pa.array(order)
+    columns = [c for c in EVENT_COLUMNS if c != "person_id"]
+    # One column per thread: a random gather is memory-bound, and take releases the GIL.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gather") as pool:
+        taken = list(pool.map(lambda c: events[c].take(indices), columns))
+    return order, pa.table(dict(zip(columns, taken, strict=True)))
+
+
+def _partitions(
+    lake: Lake, table: pa.Table, days: np.ndarray, persons: pd.DataFrame, remap: bool
+) -> dict[str, pa.Table]:
+    """The partitions to (re)write: the touched dates, or every date when identities merged.
+    ``table`` holds the new events in the lake's order (user and person ids may still be
+    dictionary-encoded: :meth:`Lake.commit` casts to the contract), ``days`` their day numbers."""
+    bounds = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(days)]
+    names = _date_names(days[bounds[:-1]]) if len(days) else []
+    fresh = {d: table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i, d in enumerate(names)}
+    in_lake = set(lake.dates())
+    touched = set(in_lake) if remap else set()
+    touched |= {d for d in fresh if d in in_lake}
     out = dict(fresh)
-    if old is not None and len(old):
+    person_of = None
+    for date in sorted(touched):
+        old = lake.events_table(dates=[date])  # one file per date, all of that date's events
+        if not old.num_rows:
+            continue
         if remap:
-            old["person_id"] = person_of.reindex(pd.MultiIndex.from_frame(old[["platform", "user_id"]])).to_numpy()
-        old_dates = utc_dates(old["ts"])
-        for date, frame in old.groupby(old_dates.to_numpy(), sort=False):
-            part = pa.Table.from_pandas(frame[EVENT_COLUMNS], schema=EVENTS_SCHEMA, preserve_index=False)
-            out[date] = pa.concat_tables([part, fresh[date]]) if date in fresh else part
+            if person_of is None:
+                index = pd.MultiIndex.from_frame(persons[["platform", "user_id"]])
+                person_of = pd.Series(persons["person_id"].to_numpy(), index=index)
+            old_users = UserKeys.of(old["platform"], old["user_id"])
+            old_nodes, old_node_of_row = _new_nodes(old_users, np.ones(old.num_rows, dtype=bool))
+            person = pa.array(person_of.reindex(pd.MultiIndex.from_frame(old_nodes)).to_numpy(), type=pa.string())
+            old = old.set_column(
+                old.schema.get_field_index("person_id"),
+                EVENTS_SCHEMA.field("person_id"),
+                person.take(pa.array(old_node_of_row)),
+            )
+        out[date] = pa.concat_tables([old, fresh[date].cast(old.schema)]) if date in fresh else old
     return out
 
 
-def _write_quarantine(workdir: Workdir, parts: list[pd.DataFrame]) -> str | None:
+def _write_quarantine(workdir: Workdir, parts: list[pa.Table]) -> str | None:
     """Quarantined rows (user ids pseudonymised; raw text only for unparseable rows)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
+    frames = [p.to_pandas() for p in parts if p.num_rows]  # few rows: pandas as before, same file
+    if not frames:
         return None
-    frame = pd.concat(parts, ignore_index=True)[QUARANTINE_COLUMNS]
+    frame = pd.concat(frames, ignore_index=True)[QUARANTINE_COLUMNS]
     frame["value"] = frame["value"].astype(float)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()

@@ -9,8 +9,11 @@ its raw text in ``_raw``, so that validation quarantines it and the counts add u
 from __future__ import annotations
 
 import io
+import mmap
+import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
@@ -19,19 +22,28 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from pipelines.contract import EVENT_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, clean_strings
+from pipelines.contract import EVENT_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, TS_TYPE, clean_strings, dictionary_codes
+
+Events = pd.DataFrame | pa.Table
 
 
 @dataclass
 class EventBatch:
-    """Canonical events from one raw file (raw user ids), one row per raw row read."""
+    """Canonical events from one raw file (raw user ids), one row per raw row read: a pandas
+    frame, or an Arrow table with the same columns (strings, float64 ``value``, UTC ``ts``).
+    While a background read is still running, ``events`` is its Future (see :func:`prefetched`)."""
 
     source: str  # e.g. "synthetic/web"
     path: Path
-    events: pd.DataFrame
+    events: Events | Future[Events]
+
+    def loaded(self) -> Events:
+        """The events, waiting for the background read if there is one."""
+        return self.events.result() if isinstance(self.events, Future) else self.events
 
 
 @dataclass
@@ -54,6 +66,11 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
+# Readers parse blocks of this size in parallel. Each block becomes a chunk of every column, and
+# each chunk costs some Python later: a few MiB keeps both cores busy with few chunks.
+BLOCK_BYTES = 4 << 20
+
+
 def with_malformed(events: pd.DataFrame, raw: list[str]) -> pd.DataFrame:
     """Append the rows that could not be parsed (``_malformed``, raw text in ``_raw``) to a batch."""
     if not raw:
@@ -67,13 +84,34 @@ def with_malformed(events: pd.DataFrame, raw: list[str]) -> pd.DataFrame:
     return out
 
 
+def with_malformed_table(events: pa.Table, raw: list[str]) -> pa.Table:
+    """Arrow form of :func:`with_malformed`: the unparsed rows come last, every field null."""
+    if not raw:
+        return events
+    n, k = events.num_rows, len(raw)
+    bad = pa.table({name: pa.nulls(k, events.schema.field(name).type) for name in events.column_names})
+    flags = pa.array(np.concatenate([np.zeros(n, dtype=bool), np.ones(k, dtype=bool)]))
+    texts = pa.concat_arrays([pa.nulls(n, pa.string()), pa.array(raw, pa.string())])
+    return pa.concat_tables([events, bad]).append_column("_malformed", flags).append_column("_raw", texts)
+
+
 def read_jsonl(path: Path, schema: pa.Schema, chunk_bytes: int = 64 << 20) -> tuple[pd.DataFrame, list[str]]:
     """Read JSON lines with pyarrow; lines that do not parse are returned separately, not lost."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data += b"\n"
+    table, bad = read_jsonl_table(path, schema, chunk_bytes)
+    return table.to_pandas(), bad
+
+
+def read_jsonl_table(path: Path, schema: pa.Schema, chunk_bytes: int = 64 << 20) -> tuple[pa.Table, list[str]]:
+    """:func:`read_jsonl` as an Arrow table (strings trimmed, empty strings null)."""
+    with path.open("rb") as f:
+        # A private (copy-on-write) map of the file: no copy of it in memory, only the pages
+        # of the few lines blanked out below are copied. (It is released with its last user.)
+        empty = os.fstat(f.fileno()).st_size == 0
+        data = bytearray() if empty else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     buffer = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buffer == ord("\n"))
+    ends = _newlines(buffer)
+    if len(buffer) and buffer[-1] != ord("\n"):
+        ends = np.append(ends, len(buffer))  # the last line has no newline of its own
     starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
     nonempty = ends > starts
     # Cheap vectorised pre-filter: a record that does not look like an object is malformed.
@@ -81,15 +119,43 @@ def read_jsonl(path: Path, schema: pa.Schema, chunk_bytes: int = 64 << 20) -> tu
     last = buffer[np.maximum(ends - 1, 0)] if len(buffer) else np.array([], dtype=np.uint8)
     looks_ok = (first == ord("{")) & (last == ord("}"))
     bad_idx = np.flatnonzero(nonempty & ~looks_ok)
-    bad: list[bytes] = [data[starts[i] : ends[i]] for i in bad_idx]
-    # Cut the buffer around bad lines (few): the rest is parsed in large chunks.
-    segments: list[bytes] = []
-    lo = 0
+    bad: list[bytes] = [bytes(data[starts[i] : ends[i]]) for i in bad_idx]
+    # Blank the bad lines out in place: the JSON reader skips whitespace, so the rest parses
+    # in one multi-threaded pass over the file's own buffer.
     for i in bad_idx:
-        segments.append(data[lo : starts[i]])
-        lo = ends[i] + 1
-    segments.append(data[lo:])
-    good = b"".join(segments)
+        buffer[starts[i] : ends[i]] = ord(" ")
+    if not (nonempty & looks_ok).any():
+        table = schema.empty_table()
+    else:
+        widest = int((ends - starts).max())
+        table = _parse_json_buffer(data, schema, bad, chunk_bytes, max(BLOCK_BYTES, widest + 2))
+    return clean_strings(table), [b.decode("utf-8", "replace") for b in bad]
+
+
+def _newlines(buffer: np.ndarray, step: int = 4 << 20) -> np.ndarray:
+    """Offsets of every newline, found a few MiB at a time into one reused mask: a mask as big
+    as the file would cost more in fresh pages than the comparison itself."""
+    mask = np.empty(min(step, len(buffer)), dtype=bool)
+    found = []
+    for lo in range(0, len(buffer), step):
+        part = buffer[lo : lo + step]
+        np.equal(part, ord("\n"), out=mask[: len(part)])
+        found.append(np.flatnonzero(mask[: len(part)]) + lo)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def _parse_json_buffer(
+    data: bytearray | mmap.mmap, schema: pa.Schema, bad: list[bytes], chunk_bytes: int, block_size: int
+) -> pa.Table:
+    """Parse the (pre-filtered) buffer at once; if a line still fails, parse it chunk by chunk
+    and isolate the failing lines (appended to ``bad``)."""
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        read = pajson.ReadOptions(block_size=block_size)
+        return pajson.read_json(pa.py_buffer(data), read_options=read, parse_options=options)
+    except pa.ArrowInvalid:
+        pass
+    good = bytes(data)
     tables: list[pa.Table] = []
     offset = 0
     while offset < len(good):
@@ -97,8 +163,7 @@ def read_jsonl(path: Path, schema: pa.Schema, chunk_bytes: int = 64 << 20) -> tu
         chunk = good[offset : cut + 1]
         offset = cut + 1
         tables.extend(_parse_json_lines(chunk, schema, bad))
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return clean_strings(table).to_pandas(), [b.decode("utf-8", "replace") for b in bad]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def _parse_json_lines(chunk: bytes, schema: pa.Schema, bad: list[bytes]) -> list[pa.Table]:
@@ -135,13 +200,21 @@ def read_delimited(
     path: Path, delimiter: str = ",", column_names: list[str] | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
     """Read CSV/TSV as strings; rows with the wrong number of fields are returned separately."""
+    table, bad = read_delimited_table(path, delimiter, column_names)
+    return table.to_pandas(), bad
+
+
+def read_delimited_table(
+    path: Path, delimiter: str = ",", column_names: list[str] | None = None
+) -> tuple[pa.Table, list[str]]:
+    """:func:`read_delimited` as an Arrow table of strings (trimmed, empty strings null)."""
     bad: list[str] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         bad.append(row.text or "")
         return "skip"
 
-    read_options = pacsv.ReadOptions(column_names=column_names, block_size=1 << 24)
+    read_options = pacsv.ReadOptions(column_names=column_names, block_size=BLOCK_BYTES)
     header = column_names or _header(path, delimiter)
     convert = pacsv.ConvertOptions(
         column_types={c: pa.string() for c in header},
@@ -151,7 +224,7 @@ def read_delimited(
     )
     parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     table = pacsv.read_csv(path, read_options=read_options, parse_options=parse, convert_options=convert)
-    return clean_strings(table).to_pandas(), bad
+    return clean_strings(table), bad
 
 
 def _header(path: Path, delimiter: str) -> list[str]:
@@ -164,6 +237,51 @@ def epoch_to_utc(values: pd.Series, unit: str) -> tuple[pd.Series, pd.Series]:
     numbers = pd.to_numeric(values, errors="coerce")
     ts = pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce")
     return ts, numbers.isna() & values.notna()
+
+
+_NS_PER = {"s": 1_000_000_000, "ms": 1_000_000}
+_MAX_NS = 2**63 - 1  # pandas' timestamps are int64 nanoseconds; beyond that they are NaT
+
+
+def epoch_ints_to_utc(values: pa.Array | pa.ChunkedArray, unit: str) -> pa.Array:
+    """Integer epochs in ``unit`` ("s" or "ms") to ``timestamp[us, UTC]``, null where pandas'
+    ``to_datetime(unit=...)`` would give NaT (outside its nanosecond range)."""
+    ints = pc.fill_null(pc.cast(values, pa.int64()), 0).to_numpy()
+    valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), dtype=bool)
+    bound = _MAX_NS // _NS_PER[unit]
+    valid &= (ints >= -bound) & (ints <= bound)
+    micros = np.where(valid, ints, 0) * (_NS_PER[unit] // 1_000)
+    return pa.array(micros, type=pa.int64(), mask=~valid).cast(TS_TYPE)
+
+
+def epoch_to_utc_array(values: pa.Array | pa.ChunkedArray, unit: str) -> pa.Array:
+    """Arrow form of :func:`epoch_to_utc` for a string column, as ``timestamp[us, UTC]``.
+
+    Plain digit strings, nearly all of them, are converted in Arrow; anything else (signs,
+    decimals, exponents, garbage) goes through :func:`epoch_to_utc` itself, so every value
+    gets exactly the timestamp pandas would give it.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    plain = pc.fill_null(pc.match_substring_regex(values, r"^[0-9]{1,15}$"), False)
+    out = epoch_ints_to_utc(pc.cast(pc.if_else(plain, values, pa.scalar(None, values.type)), pa.int64()), unit)
+    other = np.flatnonzero(np.asarray(pc.and_(pc.invert(plain), pc.is_valid(values)).to_numpy(zero_copy_only=False)))
+    if not len(other):
+        return out
+    ts, _ = epoch_to_utc(pd.Series(values.take(other).to_pylist(), dtype=object), unit)
+    fixed = _ns_to_micros(ts.to_numpy(dtype="datetime64[ns]").view(np.int64), ts.isna().to_numpy())
+    return pc.replace_with_mask(out, _mask(len(values), other), fixed)
+
+
+def _mask(n: int, rows: np.ndarray) -> pa.Array:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return pa.array(mask)
+
+
+def _ns_to_micros(ns: np.ndarray, missing: np.ndarray) -> pa.Array:
+    """int64 nanoseconds (pandas) to ``timestamp[us, UTC]``, rounded down as pandas casts."""
+    return pa.array(np.where(missing, 0, ns) // 1_000, type=pa.int64(), mask=missing).cast(TS_TYPE)
 
 
 _OFFSET = re.compile(r"^(?:UTC)?([+-])(\d{2}):?(\d{2})$")
@@ -187,18 +305,103 @@ def local_to_utc(local: pd.Series, tz: pd.Series, fmt: str | None = None) -> pd.
     Ambiguous wall-clock times (the repeated hour when clocks go back) resolve to standard
     time; times in the skipped hour shift forward: both are documented, neither is dropped.
     """
-    naive = pd.to_datetime(local, format=fmt, errors="coerce")
-    out = pd.Series(pd.NaT, index=local.index, dtype="datetime64[ns, UTC]")
-    for name in pd.unique(tz.dropna()):
+    codes, names = pd.factorize(tz)
+    naive = pd.to_datetime(local, format=fmt, errors="coerce").to_numpy(dtype="datetime64[ns]")
+    return pd.Series(pd.to_datetime(_local_ns(naive, codes, list(names)), utc=True), index=local.index)
+
+
+def local_to_utc_array(
+    local: pa.Array | pa.ChunkedArray, tz: pa.Array | pa.ChunkedArray, fmt: str | None = None
+) -> pa.Array:
+    """Arrow form of :func:`local_to_utc`, as ``timestamp[us, UTC]``."""
+    codes, names = dictionary_codes(tz)
+    ns = _local_ns(_naive_times(local, fmt), codes, names.to_pylist())
+    return _ns_to_micros(ns.view(np.int64), np.isnat(ns))
+
+
+ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _naive_times(local: pa.Array | pa.ChunkedArray, fmt: str | None) -> np.ndarray:
+    """``pd.to_datetime(local, format=fmt, errors="coerce")`` as ``datetime64[ns]``.
+
+    With the format ``YYYY-MM-DDTHH:MM:SS``, strings of exactly that shape holding a real
+    date and time (years 1678-2261, well inside pandas' range) are converted with integer
+    arithmetic straight from Arrow's buffer; pandas parses every other string, so each value
+    still gets exactly pandas' answer.
+    """
+    if isinstance(local, pa.ChunkedArray):
+        local = local.combine_chunks()
+    n = len(local)
+    out = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
+    done = np.zeros(n, dtype=bool)
+    if fmt == ISO_SECONDS and n and local.buffers()[2] is not None:
+        seconds, done = _iso_seconds(local)
+        out[done] = (seconds[done] * 1_000_000_000).astype("datetime64[ns]")
+    rest = np.flatnonzero(~done & np.asarray(local.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+    if len(rest):
+        parsed = pd.to_datetime(
+            pd.Series(local.take(pa.array(rest)).to_pylist(), dtype=object), format=fmt, errors="coerce"
+        )
+        out[rest] = parsed.to_numpy(dtype="datetime64[ns]")
+    return out
+
+
+def _iso_seconds(local: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SS`` strings, and the mask of the strings
+    that have exactly that shape and a valid date and time."""
+    width = np.int64 if pa.types.is_large_string(local.type) else np.int32
+    offsets = np.frombuffer(local.buffers()[1], dtype=width)[local.offset : local.offset + len(local) + 1]
+    data = np.frombuffer(local.buffers()[2], dtype=np.uint8)
+    valid = np.asarray(local.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    rows = np.flatnonzero(valid & (np.diff(offsets) == 19))
+    starts = offsets[:-1][rows].astype(np.int64)
+    # One byte position at a time: small temporaries instead of a rows x 19 index matrix.
+    shaped = np.ones(len(rows), dtype=bool)
+    for position, char in ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":")):
+        shaped &= data[starts + position] == ord(char)
+
+    def number(first: int, digits: int) -> np.ndarray:
+        value = np.zeros(len(rows), dtype=np.int32)
+        for position in range(first, first + digits):
+            digit = data[starts + position].astype(np.int32) - ord("0")
+            shaped[(digit < 0) | (digit > 9)] = False
+            value = value * 10 + digit
+        return value
+
+    year, month, day = number(0, 4), number(5, 2), number(8, 2)
+    hour, minute, second = number(11, 2), number(14, 2), number(17, 2)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = _DAYS_IN_MONTH[np.clip(month, 0, 12)] + (leap & (month == 2))
+    ok = shaped & (year >= 1678) & (year <= 2261) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    ok &= (hour <= 23) & (minute <= 59) & (second <= 59)
+    # Days from the civil date (H. Hinnant's algorithm), exact for the proleptic Gregorian calendar.
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    days = (era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468).astype(np.int64)
+    seconds = np.zeros(len(local), dtype=np.int64)
+    seconds[rows] = days * 86400 + hour * 3600 + minute * 60 + second
+    done = np.zeros(len(local), dtype=bool)
+    done[rows] = ok
+    return seconds, done
+
+
+def _local_ns(wall: np.ndarray, codes: np.ndarray, names: list[str]) -> np.ndarray:
+    """UTC ``datetime64[ns]`` of naive local times; ``codes`` index ``names`` (-1: no zone)."""
+    out = np.full(len(wall), np.datetime64("NaT"), dtype="datetime64[ns]")
+    for code, name in enumerate(names):
         tzinfo_ = zone(str(name))
         if tzinfo_ is None:
             continue
         if isinstance(tzinfo_, ZoneInfo):
             tzinfo_ = str(name)  # pandas localises much faster by name than through zoneinfo
-        sel = (tz == name).to_numpy()
-        part = naive[sel]
-        localized = part.dt.tz_localize(tzinfo_, ambiguous=np.zeros(len(part), dtype=bool), nonexistent="shift_forward")
-        out[sel] = localized.dt.tz_convert("UTC")
+        sel = codes == code
+        part = pd.DatetimeIndex(wall[sel])
+        localized = part.tz_localize(tzinfo_, ambiguous=np.zeros(len(part), dtype=bool), nonexistent="shift_forward")
+        out[sel] = localized.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[ns]")
     return out
 
 
@@ -207,12 +410,65 @@ def mapped(codes: pd.Series, vocabulary: dict[str, str]) -> pd.Series:
     return codes.map(vocabulary).where(codes.isin(list(vocabulary)), codes)
 
 
+def mapped_array(codes: pa.Array | pa.ChunkedArray, vocabulary: dict[str, str]) -> pa.Array:
+    """Arrow form of :func:`mapped`."""
+    return per_value(codes, lambda code: vocabulary.get(code, code))
+
+
+def per_value(values: pa.Array | pa.ChunkedArray, function: Callable[[str], str]) -> pa.Array:
+    """Apply a Python string function to a string column, once per distinct value (codes,
+    platform names: a handful of values over millions of rows); nulls stay null."""
+    codes, distinct = dictionary_codes(values)
+    mapped_values = pa.array([function(v) for v in distinct.to_pylist()], type=pa.string())
+    return mapped_values.take(pa.array(codes, mask=codes < 0))
+
+
 def numeric_value(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Parse a numeric column; the mask marks present-but-unparseable values."""
     stripped = values.where(values.isna(), values.astype(str).str.strip())
     present = stripped.notna() & (stripped != "")
     numbers = pd.to_numeric(stripped.where(present), errors="coerce")
     return numbers, present & numbers.isna()
+
+
+def numeric_value_array(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """Arrow form of :func:`numeric_value` for a string column: float64 values (null where
+    missing or unparseable) and the invalid mask. Each distinct string goes through
+    :func:`numeric_value` once, with a missing value among them when the column has one, so
+    pandas' parser sees the same kinds of values and gives the same numbers."""
+    codes, distinct = dictionary_codes(values)
+    missing = codes < 0
+    texts = distinct.to_pylist() + ([None] if missing.any() else [])
+    numbers, invalid = numeric_value(pd.Series(texts, dtype=object))
+    index = np.where(missing, len(texts) - 1, codes)
+    number = numbers.to_numpy(dtype=np.float64, na_value=np.nan)[index]
+    return pa.array(number, from_pandas=True), pa.array(invalid.to_numpy(dtype=bool)[index])
+
+
+def prefetched(jobs: list[tuple[str, Path, Callable[[Path], Events]]]) -> Iterator[EventBatch]:
+    """Start reading every file in background threads and yield the batches at once, in order,
+    each holding the Future of its events (:meth:`EventBatch.loaded`), so that the caller can
+    check one file while others are still being parsed: parsing and most Arrow compute release
+    the GIL, so both cores work. Up to three files are read at once; the largest starts first
+    and the rest smallest first: the longest read is not left for last, and something is
+    ready early."""
+    if not jobs:
+        return
+    sizes = [path.stat().st_size if path.exists() else 0 for _, path, _ in jobs]
+    largest = int(np.argmax(sizes))
+    order = [largest, *sorted((i for i in range(len(jobs)) if i != largest), key=lambda i: sizes[i])]
+    pool = ThreadPoolExecutor(max_workers=min(len(jobs), 3), thread_name_prefix="read")
+    futures = {i: pool.submit(jobs[i][2], jobs[i][1]) for i in order}
+    pool.shutdown(wait=False)  # its threads finish the reads, then exit
+    done = False
+    try:
+        for i, (source, path, _) in enumerate(jobs):
+            yield EventBatch(source, path, futures[i])
+        done = True
+    finally:
+        if not done:  # the caller gave up: do not start reads nobody will use
+            for future in futures.values():
+                future.cancel()
 
 
 Adapter = Callable[[Path | None, Path], SourceData]

@@ -9,16 +9,20 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.adapters.base import (
+    ISO_SECONDS,
     EventBatch,
     SourceData,
-    epoch_to_utc,
-    local_to_utc,
-    mapped,
-    numeric_value,
-    read_delimited,
-    read_jsonl,
+    epoch_ints_to_utc,
+    epoch_to_utc_array,
+    local_to_utc_array,
+    mapped_array,
+    numeric_value_array,
+    per_value,
+    prefetched,
+    read_delimited_table,
+    read_jsonl_table,
     require,
-    with_malformed,
+    with_malformed_table,
 )
 from pipelines.synthetic import APP_ACTIONS, MINIAPP_ACTIONS, WEB_ACTIONS
 
@@ -48,67 +52,65 @@ def read(path: Path) -> SourceData:
 
 
 def _batches(root: Path) -> Iterator[EventBatch]:
-    for shard in sorted((root / "web").glob("*.jsonl")):
-        yield EventBatch("synthetic/web", shard, web_events(shard))
+    jobs = [("synthetic/web", shard, web_events) for shard in sorted((root / "web").glob("*.jsonl"))]
     if (root / "app" / "events.csv").exists():
-        yield EventBatch("synthetic/app", root / "app" / "events.csv", app_events(root / "app" / "events.csv"))
+        jobs.append(("synthetic/app", root / "app" / "events.csv", app_events))
     if (root / "miniapp" / "events.tsv").exists():
-        path = root / "miniapp" / "events.tsv"
-        yield EventBatch("synthetic/miniapp", path, miniapp_events(path))
+        jobs.append(("synthetic/miniapp", root / "miniapp" / "events.tsv", miniapp_events))
+    return prefetched(jobs)
 
 
-def web_events(path: Path) -> pd.DataFrame:
+def web_events(path: Path) -> pa.Table:
     """Clickstream JSON lines: millisecond epochs, cookie ids, short action codes."""
-    frame, bad = read_jsonl(path, WEB_SCHEMA)
-    events = pd.DataFrame(
+    frame, bad = read_jsonl_table(path, WEB_SCHEMA)
+    events = pa.table(
         {
             "event_id": frame["eid"],
-            "platform": "web",
+            "platform": pa.repeat(pa.scalar("web", pa.string()), frame.num_rows),
             "user_id": frame["cookie"],
             "item_id": frame["sku"],
-            "action": mapped(frame["act"], WEB_ACTIONS),
+            "action": mapped_array(frame["act"], WEB_ACTIONS),
             "value": frame["dwell"],
             "text": frame["q"],
-            "ts": pd.to_datetime(frame["ts_ms"], unit="ms", utc=True, errors="coerce"),
+            "ts": epoch_ints_to_utc(frame["ts_ms"], "ms"),
         }
     )
-    return with_malformed(events, bad)
+    return with_malformed_table(events, bad)
 
 
-def app_events(path: Path) -> pd.DataFrame:
+def app_events(path: Path) -> pa.Table:
     """App CSV: local wall-clock time plus an IANA timezone column, account ids, long names."""
-    frame, bad = read_delimited(path)
-    value, invalid = numeric_value(frame["qty"])
-    events = pd.DataFrame(
+    frame, bad = read_delimited_table(path)
+    value, invalid = numeric_value_array(frame["qty"])
+    events = pa.table(
         {
-            "platform": frame["os"].str.lower(),
+            "platform": per_value(frame["os"], str.lower),
             "user_id": frame["account_id"],
             "item_id": frame["product_id"],
-            "action": mapped(frame["event"], APP_ACTIONS),
+            "action": mapped_array(frame["event"], APP_ACTIONS),
             "value": value,
             "text": frame["query"],
-            "ts": local_to_utc(frame["event_time"], frame["tz"], fmt="%Y-%m-%dT%H:%M:%S"),
+            "ts": local_to_utc_array(frame["event_time"], frame["tz"], fmt=ISO_SECONDS),
             "_value_invalid": invalid,
         }
     )
-    return with_malformed(events, bad)
+    return with_malformed_table(events, bad)
 
 
-def miniapp_events(path: Path) -> pd.DataFrame:
+def miniapp_events(path: Path) -> pa.Table:
     """Mini-program TSV: second epochs, open ids, numeric action types."""
-    frame, bad = read_delimited(path, delimiter="\t")
-    value, invalid = numeric_value(frame["amount"])
-    ts, _ = epoch_to_utc(frame["t"], "s")
-    events = pd.DataFrame(
+    frame, bad = read_delimited_table(path, delimiter="\t")
+    value, invalid = numeric_value_array(frame["amount"])
+    events = pa.table(
         {
-            "platform": "miniapp",
+            "platform": pa.repeat(pa.scalar("miniapp", pa.string()), frame.num_rows),
             "user_id": frame["openid"],
             "item_id": frame["goods_id"],
-            "action": mapped(frame["type"], {str(k): v for k, v in MINIAPP_ACTIONS.items()}),
+            "action": mapped_array(frame["type"], {str(k): v for k, v in MINIAPP_ACTIONS.items()}),
             "value": value,
             "text": frame["keyword"],
-            "ts": ts,
+            "ts": epoch_to_utc_array(frame["t"], "s"),
             "_value_invalid": invalid,
         }
     )
-    return with_malformed(events, bad)
+    return with_malformed_table(events, bad)

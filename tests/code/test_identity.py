@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-import pandas as pd
+import hashlib
+import hmac
 
-from pipelines.identity import Pseudonymiser, resolve_persons
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.identity import Pseudonymiser, resolve_persons, resolve_persons_indexed
 
 
 def test_transitive_links_across_three_platforms_make_one_person() -> None:
@@ -37,3 +41,29 @@ def test_pseudonyms_are_keyed_and_platform_scoped() -> None:
     assert "42" not in a.user("web", "42")[1:]
     vectorised = a.users(pd.Series(["web", "ios", "web"]), pd.Series(["42", "42", "7"]))
     assert vectorised.tolist() == [a.user("web", "42"), a.user("ios", "42"), a.user("web", "7")]
+
+
+def test_fast_hmac_is_hmac_sha256() -> None:
+    for key in ["k", "x" * 64, "y" * 65, "z" * 300, "clé"]:
+        pseudo = Pseudonymiser(key)
+        for platform, user in [("web", "42"), ("ios", ""), ("miniapp", "é" * 50)]:
+            text = f"{platform}\x1f{user}".encode()
+            assert pseudo.user(platform, user) == "u" + hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:24]
+        assert pseudo.user_array(pa.array(["web", None]), pa.array(["42", "7"])).to_pylist() == [
+            pseudo.user("web", "42"),
+            None,
+        ]
+
+
+def test_resolve_persons_indexed_points_at_each_node() -> None:
+    p = Pseudonymiser("k")
+    nodes = pd.DataFrame({"platform": ["web", "ios", "web", "web"], "user_id": ["a", "b", "a", "c"]})
+    links = pd.DataFrame({"platform_a": ["web"], "user_id_a": ["a"], "platform_b": ["miniapp"], "user_id_b": ["z"]})
+    persons, index = resolve_persons_indexed(nodes, links, p)
+    pd.testing.assert_frame_equal(persons, resolve_persons(nodes, links, p))
+    assert persons[["platform", "user_id"]].to_numpy()[index].tolist() == nodes.to_numpy().tolist()
+    assert persons["user_id"].tolist() == ["a", "b", "c", "z"]  # first appearance, then links
+    # missing values take the general path and give the same frame
+    with_missing = pd.concat([nodes, pd.DataFrame({"platform": ["web"], "user_id": [None]})], ignore_index=True)
+    persons, index = resolve_persons_indexed(with_missing, links, p)
+    assert len(persons) == 5 and index.tolist() == [0, 1, 0, 2, 3]

@@ -104,3 +104,21 @@ def test_lake_schema_is_the_contract(ingested: IngestReport, workdir: Workdir) -
     table = Lake(workdir.lake).events_table()
     assert table.schema.equals(EVENTS_SCHEMA, check_metadata=False)
     assert table.column("ts").type == pa.timestamp("us", tz="UTC")
+
+
+def test_quarantine_keeps_no_raw_user_id(tmp_path: Path, settings: Settings, workdir: Workdir) -> None:
+    """Even a row that fails before it has a platform is pseudonymised in the quarantine."""
+    frame = pd.DataFrame(
+        {
+            "platform": [None, "web"],
+            "user_id": ["secret-raw-id", "bob"],
+            "item_id": ["i1", "i2"],
+            "action": ["view", "view"],
+            "ts": ["2024-01-01T00:00:00Z"] * 2,
+        }
+    )
+    frame.to_csv(tmp_path / "events.csv", index=False)
+    report = ingest_sources([("canonical", tmp_path / "events.csv")], workdir, settings)
+    assert report.quarantined == {"missing_platform": 1}
+    quarantine = pd.read_parquet(report.quarantine_file)
+    assert "secret-raw-id" not in set(quarantine["user_id"]) and quarantine["user_id"].notna().all()

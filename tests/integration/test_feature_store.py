@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,12 @@ from pipelines.realtime import push_events
 from tests.conftest import TEST_KEY, require_or_skip
 
 
-def _workdir(root: Path, synthetic: Path, profile: str = "local", project: str = "xinterest") -> tuple[Settings, Workdir]:
-    settings = Settings(workdir=root, pseudonym_key=TEST_KEY, profile=profile, feast_project=project, sequence_length=20)
+def _workdir(
+    root: Path, synthetic: Path, profile: str = "local", project: str = "xinterest"
+) -> tuple[Settings, Workdir]:
+    settings = Settings(
+        workdir=root, pseudonym_key=TEST_KEY, profile=profile, feast_project=project, sequence_length=20
+    )
     workdir = Workdir.at(root)
     ingest_sources([("synthetic", synthetic)], workdir, settings)
     return settings, workdir
@@ -55,7 +59,11 @@ def test_online_values_equal_the_latest_offline_values(local_store: tuple[Settin
             for column in expected.index.drop([key, "event_timestamp"]):
                 value = expected[column]
                 if hasattr(value, "tolist"):
-                    assert list(got[column]) == pytest.approx(value.tolist()) if value.dtype.kind == "f" else list(got[column]) == value.tolist()
+                    assert (
+                        list(got[column]) == pytest.approx(value.tolist())
+                        if value.dtype.kind == "f"
+                        else list(got[column]) == value.tolist()
+                    )
                 elif isinstance(value, float):
                     assert got[column] == pytest.approx(value, rel=1e-6)
                 else:
@@ -104,7 +112,9 @@ def test_point_in_time_retrieval_does_not_leak(tmp_path: Path) -> None:
     pair = labels.iloc[[1, 1]].assign(item_id=["i1", "i9"])
     both = fs.historical_features(store, pair, "ranker_v1")
     assert both["item_id"].tolist() == ["i1", "i9"] and both["purchase_30d"].tolist() == [1, 1]
-    sequence = fs.historical_features(store, labels[["person_id", "event_timestamp"]], "vae_v1").sort_values("event_timestamp")
+    sequence = fs.historical_features(store, labels[["person_id", "event_timestamp"]], "vae_v1").sort_values(
+        "event_timestamp"
+    )
     assert list(sequence.iloc[0]["seq_items"]) == ["i1", "i2"]
     assert list(sequence.iloc[1]["seq_items"]) == ["i1", "i2", "i9", "i9"]
 
@@ -116,8 +126,13 @@ def test_ttl_expiry_offline_and_online(local_store: tuple[Settings, Workdir, Any
     row = activity.sort_values("event_timestamp").groupby(["person_id", "platform"]).tail(1).iloc[0]
     stamp = row["event_timestamp"]
     labels = pd.DataFrame(
-        {"person_id": row["person_id"], "platform": row["platform"], "item_id": "none",
-         "event_timestamp": [stamp + timedelta(days=29), stamp + timedelta(days=31)], "request_ts": 0}
+        {
+            "person_id": row["person_id"],
+            "platform": row["platform"],
+            "item_id": "none",
+            "event_timestamp": [stamp + timedelta(days=29), stamp + timedelta(days=31)],
+            "request_ts": 0,
+        }
     )
     frame = fs.historical_features(store, labels, "ranker_v1").sort_values("event_timestamp")
     assert frame.iloc[0]["events_30d"] == row["events_30d"]
@@ -131,13 +146,22 @@ def test_ttl_expiry_offline_and_online(local_store: tuple[Settings, Workdir, Any
 def _push_roundtrip(settings: Settings, store: Any) -> None:
     reader = fs.OnlineReader(store, ["person_sequence", "person_activity"])
     person = "p-pushed-" + uuid.uuid4().hex[:8]
-    now = pd.Timestamp(datetime.now(timezone.utc)).floor("s")
-    first = pd.DataFrame({"person_id": person, "platform": "web", "item_id": ["x1", "x2"], "action": ["view", "click"],
-                          "ts": [now - timedelta(seconds=30), now - timedelta(seconds=10)]})
+    now = pd.Timestamp(datetime.now(UTC)).floor("s")
+    first = pd.DataFrame(
+        {
+            "person_id": person,
+            "platform": "web",
+            "item_id": ["x1", "x2"],
+            "action": ["view", "click"],
+            "ts": [now - timedelta(seconds=30), now - timedelta(seconds=10)],
+        }
+    )
     push_events(store, reader, first, settings.sequence_length)
     row = reader.read_one("person_sequence", {"person_id": person})
     assert row is not None and row["seq_items"] == ["x1", "x2"] and row["seq_gaps"] == [20.0, 0.0]
-    second = pd.DataFrame({"person_id": person, "platform": "web", "item_id": ["x3"], "action": ["purchase"], "ts": [now]})
+    second = pd.DataFrame(
+        {"person_id": person, "platform": "web", "item_id": ["x3"], "action": ["purchase"], "ts": [now]}
+    )
     push_events(store, reader, second, settings.sequence_length)
     row = reader.read_one("person_sequence", {"person_id": person})
     assert row["seq_items"] == ["x1", "x2", "x3"] and row["seq_gaps"] == [30.0, 10.0, 0.0]
@@ -156,11 +180,14 @@ def test_feast_cli_works_in_the_workdir_repo(local_store: tuple[Settings, Workdi
 
     _, workdir, _ = local_store
     feast = Path(sys.executable).parent / "feast"
-    result = subprocess.run([str(feast), "feature-views", "list"], cwd=workdir.feature_repo, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(feast), "feature-views", "list"], cwd=workdir.feature_repo, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "person_sequence" in result.stdout and "item_stats" in result.stdout
-    result = subprocess.run([str(feast), "apply"], cwd=workdir.feature_repo, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(feast), "apply"], cwd=workdir.feature_repo, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -174,7 +201,7 @@ def test_prod_profile_roundtrip(tmp_path: Path, synthetic_small: Path) -> None:
 
         redis.Redis.from_url(f"redis://{settings0.redis_url.split(',')[0]}").ping()
         sqlalchemy.create_engine(settings0.postgres_url).connect().close()
-    except Exception as e:  # noqa: BLE001 - any failure to connect means "absent"
+    except Exception as e:
         require_or_skip("XINTEREST_REQUIRE_PROD", f"prod stores not reachable ({type(e).__name__}: {e})")
     project = "xt_" + uuid.uuid4().hex[:10]
     settings, workdir = _workdir(tmp_path / "prod", synthetic_small, profile="prod", project=project)
@@ -187,7 +214,9 @@ def test_prod_profile_roundtrip(tmp_path: Path, synthetic_small: Path) -> None:
         assert result["rows"]["person_sequence"] > 0
         offline = pd.read_parquet(workdir.feature_data / "person_sequence.parquet")
         latest = offline.sort_values("event_timestamp").groupby("person_id").tail(1).iloc[0]
-        got = fs.OnlineReader(store, ["person_sequence"]).read_one("person_sequence", {"person_id": latest["person_id"]})
+        got = fs.OnlineReader(store, ["person_sequence"]).read_one(
+            "person_sequence", {"person_id": latest["person_id"]}
+        )
         assert got["seq_items"] == list(latest["seq_items"])
         _push_roundtrip(settings, store)
     finally:
