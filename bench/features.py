@@ -160,7 +160,10 @@ def _feast_serve(workdir: Workdir, entities: list[dict[str, Any]]) -> list[float
 
 def run_profile(profile: str, raw: Path, base: Path, reads: int) -> dict[str, Any]:
     settings = Settings(
-        workdir=base / profile, pseudonym_key="bench-key", profile=profile, feast_project=f"xbench_{profile}"
+        workdir=base / profile,
+        pseudonym_key="bench-key",
+        profile=profile,
+        feast_project=f"xbench_{profile}_{int(time.time())}",
     )
     workdir = Workdir.at(settings.workdir)
     shutil.rmtree(workdir.root, ignore_errors=True)

@@ -67,7 +67,7 @@ def prod_copy(settings: Settings, workdir: Workdir, base: Path) -> tuple[Setting
         workdir=target.root,
         pseudonym_key=KEY,
         profile="prod",
-        feast_project="xbench_serving",
+        feast_project=f"xbench_serving_{int(time.time())}",
         mlflow_tracking_uri=f"sqlite:///{workdir.mlflow_db}",
     )
     target.feature_data.mkdir(parents=True, exist_ok=True)

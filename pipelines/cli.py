@@ -310,7 +310,9 @@ def promote(
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes [default: one per core, at most 4].")
+    ] = None,
     workdir: WorkdirOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -326,8 +328,9 @@ def serve(
         "XINTEREST_WORKDIR": str(wd.root),
         "XINTEREST_PROFILE": settings.profile,
         "XINTEREST_PORT": str(port),
-        "XINTEREST_SERVING_WORKERS": str(workers),
     }
+    if workers:
+        env["XINTEREST_SERVING_WORKERS"] = str(workers)
     bentoml = _Path(sys.executable).parent / "bentoml"
     console.print(f"serving on http://127.0.0.1:{port} (docs at /docs, readiness at /readyz)")
     raise typer.Exit(

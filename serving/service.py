@@ -102,7 +102,8 @@ def _settings() -> Any:
     name="xinterest",
     http={"port": int(os.environ.get("XINTEREST_PORT", "3000"))},
     traffic={"timeout": 30, "max_concurrency": 256},
-    workers=int(os.environ.get("XINTEREST_SERVING_WORKERS", "1")),
+    # CPU-bound Python: one worker process per core (each with one torch thread), at most four.
+    workers=int(os.environ.get("XINTEREST_SERVING_WORKERS", str(min(4, os.cpu_count() or 1)))),
 )
 class XInterest:
     def __init__(self) -> None:

@@ -95,7 +95,10 @@ def assemble(columns: dict[str, Any]) -> NDArray[np.float32]:
         value = columns.get(name)
         if value is None:
             continue
-        out[:, j] = pd.to_numeric(pd.Series(value), errors="coerce").to_numpy(dtype=np.float32)
+        try:  # numbers and None (→ NaN) convert directly; anything else goes through pandas
+            out[:, j] = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            out[:, j] = pd.to_numeric(pd.Series(value), errors="coerce").to_numpy(dtype=np.float32)
     return out
 
 

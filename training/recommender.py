@@ -57,6 +57,8 @@ class Recommender:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Persons' bags (sparse rows) multiply it from the left: keep it row-major once.
+        self.item_item = sp.csr_matrix(self.item_item)
         self.item_platform = np.asarray(self.vocab.item_platform, dtype=object)
         self.item_category = np.asarray(self.vocab.item_category, dtype=object)
         self.platform_masks = {p: self.item_platform == p for p in self.vocab.platforms}
