@@ -75,3 +75,21 @@ def _log_mlflow(name: str, payload: dict[str, Any], metrics: dict[str, float], p
         mlflow.log_metrics({_metric_name(k): float(v) for k, v in metrics.items() if v == v})
         mlflow.log_artifact(str(path))
     console.print(f"logged to MLflow ({mlflow.get_tracking_uri()}, experiment xinterest-benchmarks)")
+
+
+def stop_tree(pid: int, timeout: float = 30) -> None:
+    """Terminate a process and all its descendants (servers' workers may leave its group)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for process in alive:
+        process.kill()

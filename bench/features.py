@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from bench.common import publish, work_dir
+from bench.common import publish, stop_tree, work_dir
 from pipelines import feature_store as fs
 from pipelines.config import Settings, Workdir
 from pipelines.ingest import ensure_synthetic, ingest_sources
@@ -154,8 +154,7 @@ def _feast_serve(workdir: Workdir, entities: list[dict[str, Any]]) -> list[float
 
             return _time_calls(call, entities)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_tree(proc.pid)
 
 
 def run_profile(profile: str, raw: Path, base: Path, reads: int) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from bench.common import publish, work_dir
+from bench.common import publish, stop_tree, work_dir
 from pipelines import feature_store as fs
 from pipelines.config import Settings, Workdir
 from pipelines.ingest import ensure_synthetic, ingest_sources
@@ -190,7 +189,7 @@ def serve(settings: Settings, workdir: Workdir) -> tuple[subprocess.Popen[bytes]
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
+    stop_tree(proc.pid)
     raise RuntimeError("the service did not become ready")
 
 
@@ -217,8 +216,7 @@ def main() -> None:
         try:
             levels = [drive(url, requests_path, c, args.seconds) for c in LEVELS]
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
+            stop_tree(proc.pid)
             if profile == "prod":
                 fs.open_store(w, s).teardown()
         results["profiles"][profile] = {

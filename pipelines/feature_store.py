@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -275,6 +276,8 @@ class OnlineReader:
         self.config = store.config
         self.provider = store._get_provider()
         self._redis = self.config.online_store.type == "redis"
+        self._sqlite = self.config.online_store.type == "sqlite"
+        self._local = threading.local()  # one SQLite connection per thread
         names = list(views) if views is not None else [fv.name for fv in store.list_feature_views()]
         self._odfvs: dict[str, Any] = {}
         self.views: dict[str, _ViewRead] = {}
@@ -311,6 +314,8 @@ class OnlineReader:
                 self._add(view)
         if self._redis:
             raw = self._redis_read(requests)
+        elif self._sqlite:
+            raw = [self._sqlite_read(v, keys) for v, keys in requests]
         else:
             raw = [
                 self.provider.online_read(
@@ -329,6 +334,49 @@ class OnlineReader:
                     decoded.append(_decode(values, ts))
             out.append(decoded)
         return out
+
+    def _sqlite_read(
+        self, view: str, keys: Sequence[dict[str, str]]
+    ) -> list[tuple[datetime | None, dict[str, Any] | None]]:
+        """The rows of ``keys`` from Feast's SQLite table of ``view``: one SELECT, values parsed
+        from Feast's protobufs (the table and key encoding are Feast's own)."""
+        import sqlite3
+
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            path = SqliteOnlineStore._get_db_path(self.config)
+            conn = self._local.conn = sqlite3.connect(
+                path, detect_types=sqlite3.PARSE_DECLTYPES, check_same_thread=False
+            )
+        spec = self.views[view]
+        table = _table_id(self.config.project, spec.view, self.config.registry.enable_online_feature_view_versioning)
+        version = self.config.entity_key_serialization_version
+        serialized = [
+            self._serialize(k, entity_key_serialization_version=version) for k in self._entity_keys(view, keys)
+        ]
+        try:
+            rows = conn.execute(
+                f'SELECT entity_key, feature_name, value, event_ts FROM "{table}" WHERE entity_key IN '
+                f"({','.join('?' * len(serialized))})",
+                serialized,
+            ).fetchall()
+        except sqlite3.OperationalError:  # the view was never materialized
+            return [(None, None) for _ in serialized]
+        found: dict[bytes, tuple[datetime | None, dict[str, Any]]] = {}
+        for key, name, value, ts in rows:
+            proto = self._Value()
+            proto.ParseFromString(value)
+            entry = found.get(key)
+            if entry is None:  # one timestamp per entity row: parse it once (Feast stores UTC, naive)
+                stamp = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+                entry = found[key] = (
+                    stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp,
+                    {},
+                )
+            entry[1][name] = proto
+        return [found.get(k, (None, None)) for k in serialized]
 
     def _redis_read(self, requests: Sequence[tuple[str, Sequence[dict[str, str]]]]) -> list[list[Any]]:
         online = self.provider.online_store

@@ -68,10 +68,21 @@ class Server:
         return self.client.post(path, json=body)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server and every process it started (BentoML's workers leave its group)."""
+        import psutil
+
         try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+            family = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for process in family:
+            try:
+                process.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=30)
+        for process in alive:
+            process.kill()
         self.proc.wait(timeout=60)
 
 
