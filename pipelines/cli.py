@@ -45,6 +45,21 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     )
     for noisy in ("feast", "mlflow", "alembic", "urllib3", "bentoml", "httpx", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        _quiet_known_warnings()
+
+
+def _quiet_known_warnings() -> None:
+    """Hide the third-party warnings every run prints and the user cannot act on (``-v`` shows
+    them): Feast's "experimental on-demand view", deprecations inside Feast/ibis/SQLAlchemy."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+    for module in ("feast", "ibis", "sqlalchemy", "mlflow", "pydantic", "bentoml"):
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings("ignore", message=r".*configure_mappers.*")
+    warnings.filterwarnings("ignore", message=r".*fetch_arrow_table\(\) is deprecated.*")
 
 
 def _settings(workdir: Path | None = None, profile: str | None = None) -> tuple[Settings, Workdir]:

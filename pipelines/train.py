@@ -159,7 +159,9 @@ def train(
             info = result.split_info["ranker"]
             mlflow.log_params(
                 {
+                    "objective": info["objective"],
                     "scale_pos_weight": info["scale_pos_weight"],
+                    "negative_sampling_rate": info["negative_rate"],
                     "train_positives": info["positives"],
                     "train_negatives": info["negatives"],
                     "best_iteration": info["best_iteration"],

@@ -165,7 +165,11 @@ class Engine:
         order, probability = rec.rank(cands, x)
         top = order[0][:k]
         out = Recommendation(person_id, True, None if on_platform else "cross_platform")
-        contributions = ranker.contributions(rec.booster, x[top]) if explain and rec.booster is not None else None
+        contributions = (
+            ranker.contributions(rec.booster, x[top], rec.meta.get("prior"))
+            if explain and rec.booster is not None
+            else None
+        )
         for r, c in enumerate(top):
             item = Item(item_ids[c], str(rec.item_platform[item_idx[c]]), round(float(probability[0][c]), 6), r + 1)
             if explain:

@@ -37,10 +37,13 @@ def ease(x: sp.csr_matrix, l2: float = 200.0) -> NDArray[np.float32]:
 
 
 def prune(b: NDArray[np.float32], keep: int = 100) -> sp.csc_matrix:
-    """Keep the ``keep`` largest weights of each column: a small sparse model to ship."""
+    """Keep the ``keep`` weights of largest magnitude in each column: a small sparse model to
+    ship. Negative weights matter to EASE's ranking too: on MovieLens latest-small, pruning to
+    100 per column by magnitude loses less than half the NDCG@20 (against the dense model)
+    that keeping the 100 largest positive weights loses."""
     n = b.shape[0]
     keep = min(keep, n)
-    rows = np.argpartition(-b, keep - 1, axis=0)[:keep, :]  # (keep, n)
+    rows = np.argpartition(-np.abs(b), keep - 1, axis=0)[:keep, :]  # (keep, n)
     cols = np.broadcast_to(np.arange(n), rows.shape)
     values = b[rows, cols]
     return sp.csc_matrix((values.ravel(), (rows.ravel(), cols.ravel())), shape=b.shape)

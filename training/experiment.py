@@ -242,12 +242,20 @@ def run(
         rows,
         cols,
     )
-    booster, ranker_info = ranker.train(x_valid, labels, rows, config.reranker)
+    sampled = int((labels == 0).sum())
+    rate = sampled / max(1, ranker.available_negatives(cands.items, valid_targets))
+    booster, ranker_info = ranker.train(x_valid, labels, rows, config.reranker, negative_rate=rate)
     recommender.booster = booster
     recommender.meta.update(
-        {"scale_pos_weight": ranker_info["scale_pos_weight"], "best_iteration": ranker_info["best_iteration"]}
+        {
+            "objective": ranker_info["objective"],
+            "scale_pos_weight": ranker_info["scale_pos_weight"],
+            "calibration": ranker_info["calibration"],
+            "prior": ranker_info["prior"],
+            "best_iteration": ranker_info["best_iteration"],
+        }
     )
-    valid_p = ranker.calibrate(ranker.predict(booster, x_valid), ranker_info["scale_pos_weight"])
+    valid_p = ranker.probability(booster, x_valid, recommender.meta)
     threshold = best_f1_threshold(labels, valid_p)
     recommender.meta["threshold"] = threshold
     timings["ranker_seconds"] = time.perf_counter() - t3

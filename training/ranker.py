@@ -5,6 +5,16 @@ model, popularity, category affinity) sit beside the person, activity and item f
 the ``ranker_v1`` FeatureService. :func:`assemble` builds the matrix from named columns, and
 both offline evaluation (Feast historical retrieval) and the service (online reads) call it,
 so training and serving compute features the same way.
+
+The booster learns to *order* each person's candidates: LambdaMART (``rank:ndcg``, one query
+group per person), which on the real datasets re-ranks clearly better than a pointwise
+logistic loss on the same pairs (person-level features cannot explain a person's base rate
+away). Class imbalance (a few positives among a person's candidates) is handled by the
+pairwise loss itself, which pairs every positive with the person's sampled negatives. Its
+scores become probabilities by Platt scaling fitted on the held-out persons and corrected
+for the negative sampling rate, so ``/score`` answers "how likely is this candidate to be
+one of the person's next items". ``objective="binary:logistic"`` (weighted by the class
+ratio) remains available.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ FEATURES = SIGNALS + FEAST_PERSON + FEAST_ACTIVITY + FEAST_ITEM
 
 @dataclass(frozen=True)
 class RankerConfig:
+    objective: str = "rank:ndcg"  # or "binary:logistic"
     negatives_per_positive: int = 20
     max_rounds: int = 400
     early_stopping: int = 30
@@ -122,34 +133,105 @@ def sample_pairs(
     return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(labels, dtype=np.int64)
 
 
+def available_negatives(candidates: NDArray[np.int64], positives: list[set[int]]) -> int:
+    """Negatives :func:`sample_pairs` could have drawn (candidates of persons with a hit)."""
+    total = 0
+    for cands, pos in zip(candidates, positives, strict=True):
+        hits = sum(1 for c in cands if c in pos)
+        if hits:
+            total += len(cands) - hits
+    return total
+
+
+PRIOR = ("vae_rank", "item_item_rank", "pop_rank_platform")  # base rankers the prior blends
+
+
+def _logistic(x: NDArray[np.float64], y: NDArray[np.int64], iterations: int = 50) -> NDArray[np.float64]:
+    """Weights (last: the intercept) of a logistic regression, by Newton's method on the log
+    loss (a small ridge keeps it finite when the classes separate)."""
+    x = np.column_stack([x, np.ones(len(x))])
+    w = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (p - y) + 1e-6 * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return w
+
+
+def _platt(margin: NDArray[np.float32], y: NDArray[np.int64]) -> tuple[float, float]:
+    """(a, b) of p = sigmoid(a * margin + b)."""
+    a, b = _logistic(margin.astype(np.float64)[:, None], y)
+    return float(a), float(b)
+
+
+def _prior_inputs(x: NDArray[np.float32]) -> NDArray[np.float64]:
+    """Log-ranks of the base recommenders (a missing rank counts as far down the list)."""
+    cols = x[:, [FEATURES.index(name) for name in PRIOR]].astype(np.float64)
+    return np.log1p(np.clip(np.nan_to_num(cols, nan=1e6), 0.0, None))
+
+
+def prior_margin(x: NDArray[np.float32], prior: dict[str, Any] | None) -> NDArray[np.float32] | None:
+    """The stacking prior's log-odds per pair: a linear blend of the base rankers' log-ranks."""
+    if not prior:
+        return None
+    w = np.asarray(prior["weights"], dtype=np.float64)
+    return (_prior_inputs(x) @ w[:-1] + w[-1]).astype(np.float32)
+
+
 def train(
-    x: NDArray[np.float32], y: NDArray[np.int64], groups: NDArray[np.int64], config: RankerConfig | None = None
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    groups: NDArray[np.int64],
+    config: RankerConfig | None = None,
+    negative_rate: float = 1.0,
 ) -> tuple[Any, dict[str, Any]]:
-    """Fit the booster; 20% of the persons (``groups``) are held out for early stopping."""
+    """Fit the booster; 20% of the persons (``groups``) are held out for early stopping and
+    for the probability calibration. ``negative_rate`` is the share of the available negatives
+    that were sampled (it corrects the calibrated odds)."""
     import xgboost as xgb
 
     config = config or RankerConfig()
+    ranking = config.objective.startswith("rank:")
+    order = np.argsort(groups, kind="stable")  # query groups must be contiguous
+    x, y, groups = x[order], y[order], groups[order]
     rng = np.random.default_rng(config.seed)
     persons = np.unique(groups)
     held = set(rng.choice(persons, max(1, len(persons) // 5), replace=False).tolist())
     is_held = np.array([g in held for g in groups])
     n_pos, n_neg = int(y[~is_held].sum()), int((1 - y[~is_held]).sum())
-    scale_pos_weight = n_neg / max(1, n_pos)
-    params = {
-        "objective": "binary:logistic",
-        "eval_metric": ["auc", "logloss"],
+    scale_pos_weight = 1.0 if ranking else n_neg / max(1, n_pos)
+    params: dict[str, Any] = {
+        "objective": config.objective,
+        "eval_metric": ["auc", "ndcg@20"] if ranking else ["auc", "logloss"],
         "eta": config.learning_rate,
         "max_depth": config.max_depth,
         "subsample": 0.8,
         "colsample_bytree": 0.8,
         "min_child_weight": 2,
-        "scale_pos_weight": scale_pos_weight,
         "nthread": config.threads,
         "seed": config.seed,
         "tree_method": "hist",
     }
-    dtrain = xgb.DMatrix(x[~is_held], label=y[~is_held], feature_names=FEATURES)
-    dvalid = xgb.DMatrix(x[is_held], label=y[is_held], feature_names=FEATURES)
+    if not ranking:
+        params["scale_pos_weight"] = scale_pos_weight
+
+    def matrix(rows: NDArray[np.bool_]) -> Any:
+        return xgb.DMatrix(x[rows], label=y[rows], qid=groups[rows] if ranking else None, feature_names=FEATURES)
+
+    # The trees boost from a prior: a logistic blend of the base rankers' log-ranks, fitted on
+    # the training persons. Where the pairs hold little signal beyond the base rankers,
+    # early stopping leaves the blend nearly as it is instead of overfitting person features.
+    prior = {
+        "inputs": list(PRIOR),
+        "weights": _logistic(_prior_inputs(x[~is_held]), y[~is_held]).tolist(),
+    }
+    dtrain, dvalid = matrix(~is_held), matrix(is_held)
+    dtrain.set_base_margin(prior_margin(x[~is_held], prior))
+    dvalid.set_base_margin(prior_margin(x[is_held], prior))
     curves: dict[str, dict[str, list[float]]] = {}
     booster = xgb.train(
         params,
@@ -160,11 +242,21 @@ def train(
         evals_result=curves,
         verbose_eval=False,
     )
+    calibration = None
+    if ranking:
+        rounds = (0, int(booster.best_iteration) + 1)
+        margin = booster.predict(dvalid, output_margin=True, iteration_range=rounds)  # includes the prior
+        a, b = _platt(margin, y[is_held])
+        calibration = [a, b + float(np.log(max(negative_rate, 1e-12)))]
     info = {
+        "objective": config.objective,
         "positives": n_pos,
         "negatives": n_neg,
         "negatives_per_positive": config.negatives_per_positive,
+        "negative_rate": round(negative_rate, 4),
         "scale_pos_weight": round(scale_pos_weight, 3),
+        "calibration": calibration,
+        "prior": prior,
         "best_iteration": int(booster.best_iteration),
         "curves": curves,
         "holdout_persons": len(held),
@@ -172,23 +264,43 @@ def train(
     return booster, info
 
 
-def predict(booster: Any, x: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Probabilities from the booster (up to its best iteration)."""
+def predict(booster: Any, x: NDArray[np.float32], prior: dict[str, Any] | None = None) -> NDArray[np.float32]:
+    """The booster's output (up to its best iteration): scores for a ranking objective,
+    probabilities for the logistic one. :func:`probability` turns either into probabilities."""
     best = getattr(booster, "best_iteration", None)
     rounds = (0, best + 1) if best is not None else (0, 0)
-    return booster.inplace_predict(x, iteration_range=rounds).astype(np.float32)
+    margin = prior_margin(x, prior)
+    if margin is None:
+        return booster.inplace_predict(x, iteration_range=rounds).astype(np.float32)
+    return booster.inplace_predict(x, iteration_range=rounds, base_margin=margin).astype(np.float32)
 
 
-def contributions(booster: Any, x: NDArray[np.float32]) -> NDArray[np.float32]:
-    """TreeSHAP contributions per feature (last column: the bias)."""
+def contributions(booster: Any, x: NDArray[np.float32], prior: dict[str, Any] | None = None) -> NDArray[np.float32]:
+    """TreeSHAP contributions per feature to the log-odds (last column: the bias, which
+    includes the stacking prior's blend)."""
     import xgboost as xgb
 
     best = getattr(booster, "best_iteration", None)
     rounds = (0, best + 1) if best is not None else (0, 0)
-    return booster.predict(xgb.DMatrix(x, feature_names=FEATURES), pred_contribs=True, iteration_range=rounds)
+    data = xgb.DMatrix(x, feature_names=FEATURES)
+    margin = prior_margin(x, prior)
+    if margin is not None:
+        data.set_base_margin(margin)
+    return booster.predict(data, pred_contribs=True, iteration_range=rounds)
 
 
 def calibrate(p: NDArray[np.float32], scale_pos_weight: float) -> NDArray[np.float32]:
     """Undo the positive up-weighting: the odds the booster learned are ``scale_pos_weight``
     times the odds on the sampled pairs."""
     return (p / (p + scale_pos_weight * (1 - p) + 1e-12)).astype(np.float32)
+
+
+def probability(booster: Any, x: NDArray[np.float32], meta: dict[str, Any]) -> NDArray[np.float32]:
+    """Calibrated probabilities: Platt scaling of the ranking scores when the model has a
+    ``calibration`` (a, b), else the logistic output with the class weighting undone."""
+    raw = predict(booster, x, meta.get("prior"))
+    calibration = meta.get("calibration")
+    if calibration:
+        a, b = calibration
+        return (1.0 / (1.0 + np.exp(-(a * raw.astype(np.float64) + b)))).astype(np.float32)
+    return calibrate(raw, float(meta.get("scale_pos_weight", 1.0)))

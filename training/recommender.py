@@ -190,7 +190,7 @@ class Recommender:
         b, n = cands.items.shape
         if self.booster is None or n == 0:
             return np.tile(np.arange(n), (b, 1)), np.zeros((b, n), np.float32)
-        p = ranker.calibrate(ranker.predict(self.booster, x), float(self.meta.get("scale_pos_weight", 1.0)))
+        p = ranker.probability(self.booster, x, self.meta)
         p = p.reshape(b, n)
         # Ties (equal probabilities) keep the VAE's order.
         order = np.lexsort((np.tile(np.arange(n), (b, 1)), -p), axis=1)

@@ -1,0 +1,75 @@
+"""The re-ranker on crafted pairs: it learns to order candidates, and its probabilities are
+calibrated (Platt scaling with the negative-sampling correction)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training import ranker
+
+
+def _pairs(persons: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """20 candidates per person; the positive is likelier where ``item_item_score`` is high."""
+    rng = np.random.default_rng(seed)
+    n = 20
+    x = rng.normal(size=(persons * n, len(ranker.FEATURES))).astype(np.float32)
+    signal = x[:, ranker.FEATURES.index("item_item_score")]
+    y = np.zeros(persons * n, dtype=np.int64)
+    for p in range(persons):
+        block = slice(p * n, (p + 1) * n)
+        logits = 2.0 * signal[block]
+        probs = np.exp(logits) / np.exp(logits).sum()
+        y[p * n + rng.choice(n, p=probs)] = 1
+    groups = np.repeat(np.arange(persons), n)
+    return x, y, groups
+
+
+def test_platt_recovers_a_known_logistic() -> None:
+    rng = np.random.default_rng(0)
+    margin = rng.normal(size=20_000).astype(np.float32)
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(1.5 * margin - 0.5)))).astype(np.int64)
+    a, b = ranker._platt(margin, y)
+    assert a == pytest.approx(1.5, abs=0.1)
+    assert b == pytest.approx(-0.5, abs=0.1)
+
+
+@pytest.mark.parametrize("objective", ["rank:ndcg", "binary:logistic"])
+def test_ranker_learns_the_order_and_gives_probabilities(objective: str) -> None:
+    x, y, groups = _pairs(600, seed=1)
+    shuffle = np.random.default_rng(2).permutation(len(y))  # groups need not arrive contiguous
+    config = ranker.RankerConfig(objective=objective, max_rounds=60, threads=1)
+    booster, info = ranker.train(x[shuffle], y[shuffle], groups[shuffle], config)
+    assert (info["calibration"] is not None) == objective.startswith("rank:")
+
+    tx, ty, _ = _pairs(300, seed=3)
+    p = ranker.probability(booster, tx, info)
+    assert p.min() >= 0.0 and p.max() <= 1.0
+    # ordering: the positive ranks in the top quarter of its 20 candidates far more often than chance
+    ranks = [
+        (-p[i * 20 : (i + 1) * 20]).argsort().tolist().index(int(ty[i * 20 : (i + 1) * 20].argmax()))
+        for i in range(300)
+    ]
+    assert np.mean(np.array(ranks) < 5) > 0.45
+    # calibration: the mean probability is close to the positive rate (1 in 20)
+    if objective.startswith("rank:"):
+        assert p.mean() == pytest.approx(ty.mean(), rel=0.35)
+
+
+def test_negative_sampling_rate_lowers_the_odds() -> None:
+    x, y, groups = _pairs(400, seed=4)
+    config = ranker.RankerConfig(max_rounds=30, threads=1)
+    _, full = ranker.train(x, y, groups, config)
+    _, sampled = ranker.train(x, y, groups, config, negative_rate=0.25)
+    assert sampled["calibration"][0] == pytest.approx(full["calibration"][0])
+    assert sampled["calibration"][1] == pytest.approx(full["calibration"][1] + np.log(0.25))
+
+
+def test_prior_is_part_of_predictions_and_contributions() -> None:
+    x, y, groups = _pairs(300, seed=5)
+    booster, info = ranker.train(x, y, groups, ranker.RankerConfig(max_rounds=20, threads=1))
+    assert info["prior"]["inputs"] == list(ranker.PRIOR)
+    raw = ranker.predict(booster, x[:50], info["prior"])
+    contributions = ranker.contributions(booster, x[:50], info["prior"])
+    # TreeSHAP: the contributions (bias included, the prior in it) add up to the model's margin
+    np.testing.assert_allclose(contributions.sum(axis=1), raw, rtol=1e-4, atol=1e-4)
