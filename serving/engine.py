@@ -67,7 +67,13 @@ class Engine:
         self.category_of = {
             i: c for i, c in zip(recommender.vocab.items, recommender.vocab.item_category, strict=True) if c
         }
+        self.platform_of = dict(zip(recommender.vocab.items, recommender.vocab.item_platform, strict=True))
+        if recommender.booster is not None:
+            # One request per thread: ~100 rows are too few to share out, and idle OpenMP
+            # threads would spin on the cores the other workers need.
+            recommender.booster.set_param({"nthread": 1})
         self._item_cache: dict[str, dict[str, Any] | None] = {}
+        self._item_values: dict[str, tuple[Any, tuple[Any, ...]]] = {}  # item -> (its row, FEAST_ITEM values)
         self._item_cache_at = 0.0
         self._item_cache_seconds = item_cache_seconds
         self._lock = threading.Lock()
@@ -92,6 +98,7 @@ class Engine:
         with self._lock:
             if now - self._item_cache_at > self._item_cache_seconds:
                 self._item_cache.clear()
+                self._item_values.clear()
                 self._item_cache_at = now
             missing = [i for i in item_ids if i not in self._item_cache]
         if missing:
@@ -99,6 +106,22 @@ class Engine:
             with self._lock:
                 self._item_cache.update(zip(missing, rows, strict=True))
         return [self._item_cache.get(i) for i in item_ids]
+
+    def _item_features(self, item_ids: list[str]) -> np.ndarray:
+        """The re-ranker's item features (items x ``ranker.FEAST_ITEM``, objects; None where
+        missing), from the item cache."""
+        stats = self._items(item_ids)
+        values = self._item_values
+        rows = []
+        for item, s in zip(item_ids, stats, strict=True):
+            cached = values.get(item)
+            if cached is None or cached[0] is not s:  # (the row it came from, its values)
+                cached = values[item] = (s, tuple((s or {}).get(name) for name in ranker.FEAST_ITEM))
+            rows.append(cached[1])
+        out = np.empty((len(rows), len(ranker.FEAST_ITEM)), dtype=object)
+        if rows:
+            out[:] = rows
+        return out
 
     def _feast_columns(
         self, person_id: str, profile: dict[str, Any] | None, platforms: np.ndarray, items: list[str], now: datetime
@@ -123,11 +146,19 @@ class Engine:
         }
         for name in PERSON_COLUMNS:
             cols[name] = [profile.get(name)] * n
-        for name in ranker.FEAST_ACTIVITY:
-            cols[name] = np.array([(activity.get(p) or {}).get(name) for p in platforms], dtype=object)
-        stats = self._items(items)
-        for name in ranker.FEAST_ITEM:
-            cols[name] = np.array([(s or {}).get(name) for s in stats], dtype=object)
+        # Activity: one value per (feature, platform), spread over the candidates of that platform.
+        position = {p: i for i, p in enumerate(wanted)}
+        of_platform = np.fromiter((position[p] for p in platforms), dtype=np.intp, count=n)
+        table = np.empty((len(wanted), len(ranker.FEAST_ACTIVITY)), dtype=object)
+        for i, p in enumerate(wanted):
+            row = activity.get(p) or {}
+            table[i] = [row.get(name) for name in ranker.FEAST_ACTIVITY]
+        spread = table[of_platform]
+        for j, name in enumerate(ranker.FEAST_ACTIVITY):
+            cols[name] = spread[:, j]
+        stats = self._item_features(items)
+        for j, name in enumerate(ranker.FEAST_ITEM):
+            cols[name] = stats[:, j]
         return cols
 
     # -- scoring --------------------------------------------------------------------------
@@ -184,7 +215,7 @@ class Engine:
 
     def _popular(self, person_id: str, k: int, platform: str | None, known: bool) -> Recommendation:
         items = self.recommender.popular(platform, k)
-        platform_of = dict(zip(self.recommender.vocab.items, self.recommender.vocab.item_platform, strict=True))
+        platform_of = self.platform_of
         return Recommendation(
             person_id,
             known,

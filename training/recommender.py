@@ -25,6 +25,8 @@ from training.metrics import top_k
 from training.trainer import infer
 from training.vae import AttentionVAE, VAEConfig
 
+_FEW = 8  # up to this many persons at once, candidates come from per-row shortcuts
+
 
 @dataclass
 class Candidates:
@@ -44,6 +46,57 @@ def _ranks(scores: NDArray[np.float32]) -> NDArray[np.int64]:
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(1, scores.shape[1] + 1)[None, :].repeat(len(scores), 0), axis=1)
     return ranks
+
+
+def _ranks_at(row: NDArray[Any], at: NDArray[np.int64], ordered: NDArray[Any] | None = None) -> NDArray[np.int64]:
+    """``_ranks`` of one row, at the positions ``at`` only: 1 + the items with a higher score +
+    the items with an equal score and a lower index (a sort and a binary search, no argsort).
+    ``ordered``: the row sorted, when already at hand."""
+    ordered = np.sort(row) if ordered is None else ordered
+    values = row[at]
+    above = np.searchsorted(ordered, values, side="right")
+    ranks = (len(row) - above + 1).astype(np.int64)
+    tied = above - np.searchsorted(ordered, values, side="left") > 1
+    if tied.any():
+        for value in np.unique(values[tied]):
+            before = np.cumsum(row == value)
+            pick = tied & (values == value)
+            ranks[pick] += before[at[pick]] - 1
+    return ranks
+
+
+def _best(row: NDArray[Any], k: int, ordered: NDArray[Any]) -> NDArray[np.int64]:
+    """The positions whose ``_ranks`` in the row are at most ``k`` (unordered); ``ordered``:
+    the row sorted."""
+    if k >= len(row):
+        return np.arange(len(row))
+    threshold = ordered[len(row) - k]  # the k-th highest score
+    above = np.flatnonzero(row > threshold)
+    return np.concatenate([above, np.flatnonzero(row == threshold)[: k - len(above)]])
+
+
+def _lookup_share(names: Any, shares: Any, wanted: Any) -> NDArray[np.float32]:
+    """:func:`ranker.lookup_share`; when every pair holds the same lists (one person's candidates),
+    with one table for all pairs."""
+    n = len(wanted)
+    if n == 0 or len(names) != n or len(shares) != n:
+        return ranker.lookup_share(names, shares, wanted)
+    first_names, first_shares = names[0], shares[0]
+    if any(x is not first_names for x in names) or any(x is not first_shares for x in shares):
+        return ranker.lookup_share(names, shares, wanted)
+    out = np.zeros(n, dtype=np.float32)
+    if first_names is None or first_shares is None:
+        return out
+    table: dict[Any, Any] = {}
+    try:
+        for name, share in zip(first_names, first_shares, strict=False):
+            table.setdefault(name, share)  # the first match wins
+        for i, w in enumerate(wanted):
+            if w is not None and w in table:
+                out[i] = table[w]
+    except TypeError:  # unhashable names: compare one by one
+        return ranker.lookup_share(names, shares, wanted)
+    return out
 
 
 @dataclass
@@ -100,15 +153,31 @@ class Recommender:
         NDArray[np.int64],
     ]:
         inputs = self.vocab.encode_sequences(sequences, self.sequence_length)
-        with torch.no_grad():
-            logits, mu, attention = infer(self.vae, inputs)
-        x = self.seen_matrix(seen)
-        item_item = np.asarray((x @ self.item_item).toarray(), dtype=np.float32)
+        logits, mu, attention = infer(self.vae, inputs)
         blocked = np.zeros(logits.shape, dtype=bool)
-        if exclude_seen:
-            blocked |= x.toarray() > 0
+        if len(seen) <= _FEW:
+            # A few persons (the service): sum the item-item rows of their seen items directly,
+            # in the order (ascending item) and precision the sparse product would use.
+            item_item = np.zeros(logits.shape, dtype=np.float32)
+            m, index = self.item_item, self.vocab.item_index
+            acc = np.zeros(m.shape[1], dtype=np.result_type(np.float32, m.dtype))
+            for r, items in enumerate(seen):
+                rows = sorted({j for j in (index.get(i) for i in items) if j is not None})
+                acc[:] = 0
+                for j in rows:
+                    lo, hi = m.indptr[j], m.indptr[j + 1]
+                    acc[m.indices[lo:hi]] += m.data[lo:hi]
+                item_item[r] = acc
+                if exclude_seen:
+                    blocked[r, rows] = True
+        else:
+            x = self.seen_matrix(seen)
+            item_item = np.asarray((x @ self.item_item).toarray(), dtype=np.float32)
+            if exclude_seen:
+                blocked |= x.toarray() > 0
         if platform is not None:
-            blocked[:, ~self.vocab.platform_mask(platform)] = True
+            mask = self.platform_masks.get(platform)
+            blocked[:, ~(mask if mask is not None else self.vocab.platform_mask(platform))] = True
         return logits, item_item, blocked, mu, attention, inputs["items"]
 
     def candidates(
@@ -126,23 +195,55 @@ class Recommender:
         candidates instead (for scoring given items)."""
         n = n or self.n_candidates
         logits, item_item, blocked, mu, attention, encoded = self._scores(sequences, seen, platform, exclude_seen)
-        vae_rank = _ranks(np.where(blocked, -np.inf, logits))
-        ii_rank = _ranks(np.where(blocked, -np.inf, item_item))
-        if items is not None:
+        vae_masked = np.where(blocked, -np.inf, logits)
+        ii_masked = np.where(blocked, -np.inf, item_item)
+        half = max(1, n // 2)
+        ratio = half / max(1, n - half)
+        if len(logits) > _FEW:  # batches (offline evaluation): every rank of every row at once
+            vae_all, ii_all = _ranks(vae_masked), _ranks(ii_masked)
+            if items is not None:
+                cands = items
+            else:
+                priority = np.minimum(vae_all, ii_all * ratio).astype(np.float64)
+                priority += vae_all * 1e-6  # ties: the VAE decides
+                priority[blocked] = np.inf
+                allowed = int((~blocked).sum(axis=1).min()) if len(blocked) else 0
+                cands = top_k(-priority, max(1, min(n, allowed))) if allowed else np.zeros((len(logits), 0), np.int64)
+            vae_rank = np.take_along_axis(vae_all, cands, axis=1)
+            ii_rank = np.take_along_axis(ii_all, cands, axis=1)
+        elif items is not None:
             cands = items
+            vae_rank = np.array([_ranks_at(v, c) for v, c in zip(vae_masked, cands, strict=True)], np.int64)
+            ii_rank = np.array([_ranks_at(v, c) for v, c in zip(ii_masked, cands, strict=True)], np.int64)
         else:
-            half = max(1, n // 2)
-            priority = np.minimum(vae_rank, ii_rank * (half / max(1, n - half))).astype(np.float64)
-            priority += vae_rank * 1e-6  # ties: the VAE decides
-            priority[blocked] = np.inf
+            # The same choice as ranking every item, from the only items that can make it: an
+            # item among the best k by priority is among the best k (+1) of the VAE or among
+            # the best (k + 1) / ratio (+1) of the item-item model.
             allowed = int((~blocked).sum(axis=1).min()) if len(blocked) else 0
-            cands = top_k(-priority, max(1, min(n, allowed))) if allowed else np.zeros((len(logits), 0), np.int64)
+            k = max(1, min(n, allowed)) if allowed else 0
+            rows_c, rows_v, rows_i = [], [], []
+            for r in range(len(logits) if k else 0):
+                vae_row, ii_row = vae_masked[r], ii_masked[r]
+                vae_sorted, ii_sorted = np.sort(vae_row), np.sort(ii_row)
+                pool = np.union1d(
+                    _best(vae_row, k + 1, vae_sorted), _best(ii_row, int(np.ceil((k + 1) / ratio)) + 1, ii_sorted)
+                )
+                v, i = _ranks_at(vae_row, pool, vae_sorted), _ranks_at(ii_row, pool, ii_sorted)
+                priority = np.minimum(v, i * ratio).astype(np.float64)
+                priority += v * 1e-6  # ties: the VAE decides
+                priority[blocked[r, pool]] = np.inf
+                pick = np.lexsort((pool, priority))[:k]
+                rows_c.append(pool[pick]), rows_v.append(v[pick]), rows_i.append(i[pick])
+            shape = (len(logits), k)
+            cands = np.array(rows_c, np.int64).reshape(shape)
+            vae_rank = np.array(rows_v, np.int64).reshape(shape)
+            ii_rank = np.array(rows_i, np.int64).reshape(shape)
         return Candidates(
             items=cands,
             vae_score=np.take_along_axis(logits, cands, axis=1),
             item_item=np.take_along_axis(item_item, cands, axis=1),
-            vae_rank=np.take_along_axis(vae_rank, cands, axis=1),
-            item_item_rank=np.take_along_axis(ii_rank, cands, axis=1),
+            vae_rank=vae_rank,
+            item_item_rank=ii_rank,
             mu=mu,
             attention=attention,
             encoded_items=encoded,
@@ -177,10 +278,10 @@ class Recommender:
         for name in ranker.FEAST_PERSON + ranker.FEAST_ACTIVITY + ranker.FEAST_ITEM:
             if name in feast:
                 columns[name] = np.asarray(feast[name], dtype=object)
-        columns["cat_affinity"] = ranker.lookup_share(
+        columns["cat_affinity"] = _lookup_share(
             feast["top_categories"], feast["category_affinity"], signals["_category"]
         )
-        columns["platform_share"] = ranker.lookup_share(
+        columns["platform_share"] = _lookup_share(
             feast["platform_names"], feast["platform_shares"], signals["_platform"]
         )
         return ranker.assemble(columns)

@@ -51,13 +51,17 @@ def _tensors(inputs: dict[str, np.ndarray], rows: np.ndarray) -> list[torch.Tens
     return [torch.from_numpy(inputs[k][rows]) for k in INPUTS]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def infer(
     model: AttentionVAE, inputs: dict[str, np.ndarray], batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Logits (B, n_items), latent means (B, L) and attention weights (B, T), in eval mode."""
-    model.eval()
+    if model.training:
+        model.eval()
     n = len(inputs["items"])
+    if 0 < n <= batch_size:  # one batch (the service: one person): no slicing, no concatenation
+        mu, _, w = model.encode(*(torch.from_numpy(inputs[k]) for k in INPUTS))
+        return model.decode(mu).numpy(), mu.numpy(), w.numpy()
     logits, mus, weights = [], [], []
     for lo in range(0, n, batch_size):
         rows = np.arange(lo, min(n, lo + batch_size))
