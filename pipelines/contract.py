@@ -546,15 +546,28 @@ def _hash_fields(fields: Iterable[pa.Array | pa.ChunkedArray], step: int = 1 << 
     # BLAKE2b has no vectorised form: hash row by row, as cheaply as Python allows (copying a
     # configured hash object beats parsing the digest_size keyword on every row), a slice of
     # rows at a time so that the Python objects of one slice reuse the memory of the last.
+    # Only the raw digests are collected; the ``h`` + hex text is written for all rows at once.
     new = hashlib.blake2b(digest_size=16).copy
+    digests = bytearray()
+    for lo in range(0, len(joined), step):
+        for data in joined.slice(lo, step).to_numpy(zero_copy_only=False):
+            digest = new()
+            digest.update(data)
+            digests += digest.digest()
+    return prefixed_hex(b"h", digests)
 
-    def content_id(data: bytes) -> str:
-        digest = new()
-        digest.update(data)
-        return "h" + digest.hexdigest()
 
-    parts = [
-        pa.array(list(map(content_id, joined.slice(lo, step).to_numpy(zero_copy_only=False))), type=pa.string())
-        for lo in range(0, len(joined), step)
-    ]
-    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+# Two lowercase hex digits per byte value, as one little-endian uint16 each (the digits' bytes in order).
+_HEX_PAIRS = np.array([int.from_bytes(f"{i:02x}".encode(), "little") for i in range(256)], dtype="<u2")
+
+
+def prefixed_hex(prefix: bytes, digests: bytes | bytearray, width: int = 16) -> pa.Array:
+    """``prefix + digest.hex()`` for each ``width``-byte digest in ``digests``, as Arrow strings."""
+    n = len(digests) // width
+    size = len(prefix) + 2 * width
+    out = np.empty((n, size), dtype=np.uint8)
+    out[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    pairs = _HEX_PAIRS[np.frombuffer(digests, dtype=np.uint8).reshape(n, width)]
+    out[:, len(prefix) :] = pairs.view(np.uint8).reshape(n, 2 * width)
+    offsets = np.arange(0, n * size + 1, size, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(out))

@@ -9,6 +9,7 @@ the smallest pseudonym in its component, so it is stable while the component kee
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipelines.contract import first_occurrences
+from pipelines.contract import first_occurrences, prefixed_hex
 
 PERSON_MAP_COLUMNS = ["platform", "user_id", "person_id"]
 
@@ -36,29 +37,44 @@ class Pseudonymiser:
         padded = (hashlib.sha256(self._key).digest() if len(self._key) > block else self._key).ljust(block, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded)).copy
-        # Pseudonyms already computed in this run, by ``platform\x1fuser_id`` bytes: identity
-        # links name the same users as the events. Bounded, so memory stays bounded.
-        self._users: dict[bytes, str] = {}
+        # Pseudonyms already computed in this run (their digests), by ``platform\x1fuser_id``
+        # bytes: identity links name the same users as the events. Bounded, so memory stays bounded.
+        self._users: dict[bytes, bytes] = {}
 
     _REMEMBERED = 1 << 18  # at most some tens of MB
+    _USER_BYTES = 12  # a user pseudonym is "u" and the hex of the first 12 bytes of its HMAC
+
+    def _user_digest(self, key: bytes) -> bytes:
+        digest = self._users.get(key)
+        if digest is None:
+            digest = self._mac(key)[: self._USER_BYTES]
+            if len(self._users) < self._REMEMBERED:
+                self._users[key] = digest
+        return digest
 
     def _user_pseudonym(self, key: bytes) -> str:
-        pseudonym = self._users.get(key)
-        if pseudonym is None:
-            pseudonym = "u" + self._hex(key, 24)
-            if len(self._users) < self._REMEMBERED:
-                self._users[key] = pseudonym
-        return pseudonym
+        return "u" + self._user_digest(key).hex()
+
+    def _user_pseudonyms(self, keys: Iterable[bytes]) -> pa.Array:
+        """:meth:`_user_pseudonym` of many keys, as Arrow strings (written all at once)."""
+        digest = self._user_digest
+        digests = bytearray()
+        for key in keys:
+            digests += digest(key)
+        return prefixed_hex(b"u", digests, self._USER_BYTES)
+
+    def _mac(self, data: bytes) -> bytes:
+        inner = self._inner()
+        inner.update(data)
+        outer = self._outer()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def _digest(self, text: str, length: int) -> str:
         return self._hex(text.encode(), length)
 
     def _hex(self, data: bytes, length: int) -> str:
-        inner = self._inner()
-        inner.update(data)
-        outer = self._outer()
-        outer.update(inner.digest())
-        return outer.hexdigest()[:length]
+        return self._mac(data).hex()[:length]
 
     def user(self, platform: str, user_id: str) -> str:
         """Pseudonym of a platform's user id, e.g. ``u3f9c…``."""
@@ -66,6 +82,14 @@ class Pseudonymiser:
 
     def person(self, representative: str) -> str:
         return "p" + self._digest(f"person\x1f{representative}", 24)
+
+    def persons(self, representatives: Iterable[str]) -> pa.Array:
+        """:meth:`person` of many representatives, as Arrow strings (written all at once)."""
+        mac = self._mac
+        digests = bytearray()
+        for representative in representatives:
+            digests += mac(f"person\x1f{representative}".encode())[:12]
+        return prefixed_hex(b"p", digests, 12)
 
     def users(self, platforms: pd.Series, user_ids: pd.Series) -> pd.Series:
         """Vectorised :meth:`user`: hashes each distinct pair once."""
@@ -96,8 +120,7 @@ class Pseudonymiser:
             keys = keys.combine_chunks()
         encoded = pc.dictionary_encode(keys)
         distinct = encoded.dictionary.cast(pa.binary()).to_numpy(zero_copy_only=False)
-        hashed = pa.array([self._user_pseudonym(key) for key in distinct], type=pa.string())
-        return pa.DictionaryArray.from_arrays(encoded.indices, hashed)
+        return pa.DictionaryArray.from_arrays(encoded.indices, self._user_pseudonyms(distinct))
 
 
 def resolve_persons(nodes: pd.DataFrame, links: pd.DataFrame, pseudonymiser: Pseudonymiser) -> pd.DataFrame:
@@ -154,6 +177,8 @@ def _components(all_nodes: pd.DataFrame, a: np.ndarray, b: np.ndarray, pseudonym
     # The representative is the smallest user pseudonym in the component: stable and keyed.
     frame = all_nodes.assign(component=component)
     smallest = frame.sort_values("user_id").drop_duplicates("component").set_index("component")["user_id"]
-    person_of = pd.Series([pseudonymiser.person(rep) for rep in smallest.to_numpy()], index=smallest.index)
+    person_of = pd.Series(
+        pseudonymiser.persons(smallest.to_numpy()).to_numpy(zero_copy_only=False), index=smallest.index
+    )
     frame["person_id"] = person_of.reindex(frame["component"]).to_numpy()
     return frame[PERSON_MAP_COLUMNS]

@@ -17,9 +17,10 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -188,9 +189,10 @@ def ingest(
         bar.update(task, description="ingest: bots, identity, lake commit")
         events, us = run.events()
         days = us // DAY_US
-        # What needs no mask starts now, in threads, beside the checks below: the lake's order of
-        # all rows and one integer per user (Arrow, without the GIL), the sources' identity links.
-        by_time = pool.submit(lambda: _time_order(run.by_time(), us, events["event_id"]))
+        # What needs no mask starts now, in threads, beside the checks below: the valid rows put
+        # in the lake's order (Arrow, without the GIL; rows dropped below are left out of each
+        # date when it is written), one integer per user, the sources' identity links.
+        ordered = pool.submit(run.in_order)
         users_of = pool.submit(UserKeys.of, events["platform"], events["user_id"])
         sourced_links = pool.submit(_source_links, sources, pseudo)
         old_persons_of = pool.submit(lake.table, "persons")
@@ -201,6 +203,9 @@ def ingest(
         bots = flag_bots(users.keys, events["action"], events["ts"], rules, among=run.keep)
         run.quarantine(events.filter(pa.array(bots)), bots, "bot_suspected")
         run.drop(bots, None)
+        # Every quarantined row is known: its file is encoded in the background (written only
+        # once the lake committed).
+        quarantine_data = pool.submit(_quarantine_data, list(run.quarantined))
         touched = _date_names(np.sort(pc.unique(pa.array(days[run.keep])).to_numpy()))
         in_lake = lake.events_table(columns=["event_id"], dates=touched)["event_id"]
         dup_lake = np.zeros(len(run.keep), dtype=bool)
@@ -209,9 +214,6 @@ def ingest(
         n_dup_lake = run.drop(dup_lake, "duplicates")
         run.accept()
 
-        # Put the new rows in the lake's order in the background (Arrow, without the GIL)
-        # while identities are resolved here (pandas and Python hashing).
-        ordered = pool.submit(_gather_in_order, events, by_time, run.keep)
         given = run.keep & _numpy_mask(pc.is_valid(events["person_id"]))
         given_rows = events.filter(pa.array(given)).select(["platform", "user_id", "person_id"])
         given_rows = _replace(given_rows, "user_id", given_rows["user_id"].cast(pa.string()))
@@ -219,16 +221,13 @@ def ingest(
         persons, person_of_row, remap = _identities(users, run.keep, links, old_persons_of.result(), pseudo)
         items_counts, items = items_of.result()
         order, table = ordered.result()
-        # Person ids as indices into the person map: the commit's writers decode each date.
-        person = pa.DictionaryArray.from_arrays(
-            pa.array(person_of_row[order].astype(np.int32)), pa.array(persons["person_id"].to_numpy(), pa.string())
-        )
-        table = table.append_column("person_id", person).select(EVENT_COLUMNS)
+        person_ids = pa.array(persons["person_id"].to_numpy(), pa.string())
+        fresh = _fresh_partitions(table, days[order], run.keep[order], person_of_row[order], person_ids)
         changed = lake.commit(
-            partitions=_partitions(lake, table, days[order], persons, remap),
+            partitions=_partitions(lake, fresh, persons, remap),
             tables={"persons": persons, "links": links, "items": items},
         )
-    quarantine_file = _write_quarantine(workdir, run.quarantined)  # only once the lake committed
+    quarantine_file = _write_quarantine(workdir, quarantine_data.result())  # only once the lake committed
     report = _report(run.counts, lake, links_counts, items_counts, persons, changed, quarantine_file, n_dup_lake)
     if report_path is not None:
         report.write(report_path)
@@ -253,6 +252,7 @@ class _Run:
         self.ids: list[_BatchIds] = []
         self._batches: list[_Checked] = []
         self._source: list[np.ndarray] = []  # per row: its source's index in `counts`
+        self._events = _empty_events()
         self.keep = np.zeros(0, dtype=bool)
         self.source_of = np.zeros(0, dtype=np.int32)
 
@@ -275,16 +275,26 @@ class _Run:
         events = pa.concat_tables([b.events for b in batches]) if batches else _empty_events()
         us = np.concatenate([b.us for b in batches]) if batches else np.zeros(0, dtype=np.int64)
         # One dictionary of pseudonyms for all batches (a few entries per user, not per row).
-        return _replace(events, "user_id", events["user_id"].unify_dictionaries()), us
+        self._events = _replace(events, "user_id", events["user_id"].unify_dictionaries())
+        return self._events, us
 
-    def by_time(self) -> np.ndarray:
-        """Every row's position ordered by ``ts`` (stable): the batches' own orders, merged."""
+    def in_order(self) -> tuple[np.ndarray, pa.Table]:
+        """The valid rows' positions in the lake's order (``ts``, then event id), and their columns
+        (all but ``person_id``) gathered in that order: each date is then a slice, already sorted.
+        Call after :meth:`events`; rows dropped later are left out when each date is built."""
         if not self._batches:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int64), _empty_events().select(_ORDERED_COLUMNS)
         starts = np.cumsum([0] + [len(b.us) for b in self._batches[:-1]])
-        positions = np.concatenate([b.by_time + start for b, start in zip(self._batches, starts, strict=True)])
-        runs = np.concatenate([b.us[b.by_time] for b in self._batches])
-        return positions[np.argsort(runs, kind="stable")]  # sorted runs: a merge, not a sort
+        # Each batch's valid rows are already in order: merge them by ts, then order ties by id.
+        positions = np.concatenate([b.order + start for b, start in zip(self._batches, starts, strict=True)])
+        us = np.concatenate([b.us for b in self._batches])
+        events = self._events
+        order = _time_order(positions[np.argsort(us[positions], kind="stable")], us, events["event_id"])
+        indices = pa.array(order)
+        # One column per thread: a random gather is memory-bound, and take releases the GIL.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gather") as pool:
+            taken = list(pool.map(lambda c: events[c].take(indices), _ORDERED_COLUMNS))
+        return order, pa.table(dict(zip(_ORDERED_COLUMNS, taken, strict=True)))
 
     def drop(self, rows: np.ndarray, counted_as: str | None) -> int:
         """Take ``rows`` out of ``keep`` (those still in), counting them per source."""
@@ -342,7 +352,7 @@ class _Checked:
     reasons: Counter[str]
     ids: _BatchIds  # valid rows' event ids, deduplicated within the batch
     us: np.ndarray  # ts in microseconds
-    by_time: np.ndarray  # row positions sorted by ts (stable)
+    order: np.ndarray  # the valid rows' positions sorted by ts
 
 
 def _check_loaded(batch: EventBatch, pseudo: Pseudonymiser, now: pd.Timestamp, rules: ValidationRules) -> _Checked:
@@ -350,7 +360,14 @@ def _check_loaded(batch: EventBatch, pseudo: Pseudonymiser, now: pd.Timestamp, r
     checked, valid, quarantined, reasons = _check_batch(events, batch.source, batch.path, pseudo, now, rules)
     us, _ = micros(checked["ts"])
     ids = _BatchIds.of(checked["event_id"], valid)
-    return _Checked(len(events), checked, valid, quarantined, reasons, ids, us, np.argsort(us, kind="stable"))
+    # Valid rows only, and not a stable sort: the kept rows' event ids are distinct, so their
+    # order by (ts, event id) does not depend on how rows with equal ts come out here.
+    rows = np.flatnonzero(valid)
+    order = rows[np.argsort(us[rows])]
+    return _Checked(len(events), checked, valid, quarantined, reasons, ids, us, order)
+
+
+_ORDERED_COLUMNS = [c for c in EVENT_COLUMNS if c != "person_id"]
 
 
 @dataclass
@@ -604,32 +621,47 @@ def _time_order(order: np.ndarray, us: np.ndarray, event_id: pa.ChunkedArray) ->
     return order
 
 
-def _gather_in_order(events: pa.Table, by_time: Future[np.ndarray], keep: np.ndarray) -> tuple[np.ndarray, pa.Table]:
-    """The kept rows' positions in the lake's order, and their columns (all but ``person_id``)
-    gathered in that order: each date is then a zero-copy slice, already sorted."""
-    order = by_time.result()
-    order = order[keep[order]]
-    indices = pa.array(order)
-    columns = [c for c in EVENT_COLUMNS if c != "person_id"]
-    # One column per thread: a random gather is memory-bound, and take releases the GIL.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gather") as pool:
-        taken = list(pool.map(lambda c: events[c].take(indices), columns))
-    return order, pa.table(dict(zip(columns, taken, strict=True)))
+def _fresh_partitions(
+    table: pa.Table, days: np.ndarray, kept: np.ndarray, person_row: np.ndarray, person_ids: pa.Array
+) -> dict[str, Callable[[], pa.Table]]:
+    """The new events of each date, built when the commit's writers ask for them: ``table``
+    holds rows in the lake's order (``days`` their day numbers), of which those in ``kept`` are
+    stored, with the person id at ``person_row`` in ``person_ids`` (dictionary-encoded:
+    :meth:`Lake.commit` casts to the contract). Dates without a kept row are left out."""
+    if not len(days):
+        return {}
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(days)) + 1])
+    ends = np.append(starts[1:], len(days))
+    names = _date_names(days[starts])
+    counts = np.add.reduceat(kept, starts)
+    return {
+        name: partial(_fresh_partition, table, int(lo), int(hi), kept, person_row, person_ids)
+        for name, lo, hi, n in zip(names, starts, ends, counts, strict=True)
+        if n
+    }
+
+
+def _fresh_partition(
+    table: pa.Table, lo: int, hi: int, kept: np.ndarray, person_row: np.ndarray, person_ids: pa.Array
+) -> pa.Table:
+    """One date of :func:`_fresh_partitions`: rows ``lo:hi`` of ``table``, the kept ones."""
+    part, rows, person = table.slice(lo, hi - lo), kept[lo:hi], person_row[lo:hi]
+    if not rows.all():
+        part, person = part.filter(pa.array(rows)), person[rows]
+    person = pa.DictionaryArray.from_arrays(pa.array(person.astype(np.int32)), person_ids)
+    return part.append_column("person_id", person).select(EVENT_COLUMNS)
 
 
 def _partitions(
-    lake: Lake, table: pa.Table, days: np.ndarray, persons: pd.DataFrame, remap: bool
-) -> dict[str, pa.Table]:
+    lake: Lake, fresh: dict[str, Callable[[], pa.Table]], persons: pd.DataFrame, remap: bool
+) -> dict[str, pa.Table | Callable[[], pa.Table]]:
     """The partitions to (re)write: the touched dates, or every date when identities merged.
-    ``table`` holds the new events in the lake's order (user and person ids may still be
-    dictionary-encoded: :meth:`Lake.commit` casts to the contract), ``days`` their day numbers."""
-    bounds = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(days)]
-    names = _date_names(days[bounds[:-1]]) if len(days) else []
-    fresh = {d: table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i, d in enumerate(names)}
+    ``fresh`` builds the new events of each date in the lake's order (see
+    :func:`_fresh_partitions`); dates already in the lake are merged with them here."""
     in_lake = set(lake.dates())
     touched = set(in_lake) if remap else set()
     touched |= {d for d in fresh if d in in_lake}
-    out = dict(fresh)
+    out: dict[str, pa.Table | Callable[[], pa.Table]] = dict(fresh)
     person_of = None
     for date in sorted(touched):
         old = lake.events_table(dates=[date])  # one file per date, all of that date's events
@@ -647,12 +679,12 @@ def _partitions(
                 EVENTS_SCHEMA.field("person_id"),
                 person.take(pa.array(old_node_of_row)),
             )
-        out[date] = pa.concat_tables([old, fresh[date].cast(old.schema)]) if date in fresh else old
+        out[date] = pa.concat_tables([old, fresh[date]().cast(old.schema)]) if date in fresh else old
     return out
 
 
-def _write_quarantine(workdir: Workdir, parts: list[pa.Table]) -> str | None:
-    """Quarantined rows (user ids pseudonymised; raw text only for unparseable rows)."""
+def _quarantine_data(parts: list[pa.Table]) -> bytes | None:
+    """The quarantine file's bytes for these quarantined rows (None when there are none)."""
     frames = [p.to_pandas() for p in parts if p.num_rows]  # few rows: pandas as before, same file
     if not frames:
         return None
@@ -661,7 +693,14 @@ def _write_quarantine(workdir: Workdir, parts: list[pa.Table]) -> str | None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    data = sink.getvalue().to_pybytes()
+    return sink.getvalue().to_pybytes()
+
+
+def _write_quarantine(workdir: Workdir, data: bytes | None) -> str | None:
+    """Write quarantined rows (user ids pseudonymised; raw text only for unparseable rows),
+    encoded by :func:`_quarantine_data`, into a file named by their hash."""
+    if data is None:
+        return None
     folder = workdir.quarantine
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"quarantine-{hashlib.sha256(data).hexdigest()[:16]}.parquet"

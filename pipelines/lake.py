@@ -126,19 +126,23 @@ class Lake:
     # -- writing -------------------------------------------------------------------------
     def commit(
         self,
-        partitions: dict[str, pa.Table] | None = None,
+        partitions: dict[str, pa.Table | Callable[[], pa.Table]] | None = None,
         tables: dict[str, pd.DataFrame] | None = None,
     ) -> bool:
         """Replace whole partitions (Arrow tables in :data:`EVENTS_SCHEMA`) and named tables
-        atomically; an empty partition is removed. Return whether anything changed."""
+        atomically; an empty partition is removed. A partition may also be given as a function
+        that builds its table: it is called by the writers, in their threads. Return whether
+        anything changed."""
         current = self.manifest()
         new = Manifest(current.version, dict(current.partitions), dict(current.tables))
-        jobs: list[tuple[dict[str, str], str, str, Callable[[], pa.Table]]] = []
+        jobs: list[tuple[dict[str, str], str, str, Callable[[], pa.Table | None]]] = []
         for date, table in (partitions or {}).items():
-            if table.num_rows == 0:
-                new.partitions.pop(date, None)
-                continue
-            jobs.append((new.partitions, date, f"events/date={date}/part", partial(_lake_order, table)))
+            if isinstance(table, pa.Table):
+                if table.num_rows == 0:
+                    new.partitions.pop(date, None)
+                    continue
+                table = partial(_as_is, table)
+            jobs.append((new.partitions, date, f"events/date={date}/part", partial(_built_in_order, table)))
         for name, frame in (tables or {}).items():
             jobs.append(
                 (new.tables, name, f"tables/{name}", partial(pa.Table.from_pandas, frame, preserve_index=False))
@@ -147,7 +151,11 @@ class Lake:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit") as pool:
             written = list(pool.map(lambda job: self._write(job[3](), job[2]), jobs))
         wrote = False
-        for (target, key, _, _), (relative, was_new) in zip(jobs, written, strict=True):
+        for (target, key, _, _), result in zip(jobs, written, strict=True):
+            if result is None:  # a partition built empty: removed
+                target.pop(key, None)
+                continue
+            relative, was_new = result
             target[key] = relative
             wrote |= was_new
         if new.partitions == current.partitions and new.tables == current.tables:
@@ -169,8 +177,11 @@ class Lake:
         self.collect_garbage()
         return True
 
-    def _write(self, table: pa.Table, stem: str) -> tuple[str, bool]:
-        """Write a file named by its content; return its relative path and whether it was new."""
+    def _write(self, table: pa.Table | None, stem: str) -> tuple[str, bool] | None:
+        """Write a file named by its content; return its relative path and whether it was new
+        (None, writing nothing, for a partition built empty)."""
+        if table is None:
+            return None
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         data = sink.getvalue()  # hashed and written straight from Arrow's buffer, no copy
@@ -197,6 +208,16 @@ class Lake:
         for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), reverse=True):
             if not any(folder.iterdir()):
                 folder.rmdir()
+
+
+def _as_is(table: pa.Table) -> pa.Table:
+    return table
+
+
+def _built_in_order(build: Callable[[], pa.Table]) -> pa.Table | None:
+    """A partition built by ``build`` as stored (see :func:`_lake_order`); None if it is empty."""
+    table = build()
+    return _lake_order(table) if table.num_rows else None
 
 
 def _lake_order(table: pa.Table) -> pa.Table:

@@ -205,16 +205,19 @@ def read_delimited(
 
 
 def read_delimited_table(
-    path: Path, delimiter: str = ",", column_names: list[str] | None = None
+    path: Path, delimiter: str = ",", column_names: list[str] | None = None, use_threads: bool = True
 ) -> tuple[pa.Table, list[str]]:
-    """:func:`read_delimited` as an Arrow table of strings (trimmed, empty strings null)."""
+    """:func:`read_delimited` as an Arrow table of strings (trimmed, empty strings null).
+
+    ``use_threads=False`` parses on the calling thread alone: for a file read beside others
+    (see :func:`prefetched`), so that its blocks do not queue behind theirs in Arrow's pool."""
     bad: list[str] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         bad.append(row.text or "")
         return "skip"
 
-    read_options = pacsv.ReadOptions(column_names=column_names, block_size=BLOCK_BYTES)
+    read_options = pacsv.ReadOptions(column_names=column_names, block_size=BLOCK_BYTES, use_threads=use_threads)
     header = column_names or _header(path, delimiter)
     convert = pacsv.ConvertOptions(
         column_types={c: pa.string() for c in header},

@@ -80,7 +80,7 @@ def web_events(path: Path) -> pa.Table:
 
 def app_events(path: Path) -> pa.Table:
     """App CSV: local wall-clock time plus an IANA timezone column, account ids, long names."""
-    frame, bad = read_delimited_table(path)
+    frame, bad = read_delimited_table(path, use_threads=False)
     value, invalid = numeric_value_array(frame["qty"])
     events = pa.table(
         {
@@ -99,7 +99,7 @@ def app_events(path: Path) -> pa.Table:
 
 def miniapp_events(path: Path) -> pa.Table:
     """Mini-program TSV: second epochs, open ids, numeric action types."""
-    frame, bad = read_delimited_table(path, delimiter="\t")
+    frame, bad = read_delimited_table(path, delimiter="\t", use_threads=False)
     value, invalid = numeric_value_array(frame["amount"])
     events = pa.table(
         {
