@@ -49,17 +49,33 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
         _quiet_known_warnings()
 
 
+KNOWN_WARNINGS = (
+    "On demand feature view is an experimental feature",
+    "fetch_arrow_table() is deprecated",
+    "``noload`` loader strategy is deprecated",
+    "Hint: Inferred schema contains integer column(s)",
+)
+
+
 def _quiet_known_warnings() -> None:
     """Hide the third-party warnings every run prints and the user cannot act on (``-v`` shows
-    them): Feast's "experimental on-demand view", deprecations inside Feast/ibis/SQLAlchemy."""
+    them): Feast's "experimental on-demand view" and deprecations inside ibis and MLflow's
+    SQLAlchemy store. Libraries reset the warning filters on import, so the known messages are
+    dropped where warnings are shown instead."""
+    import os
     import warnings
 
-    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
-    for module in ("feast", "ibis", "sqlalchemy", "mlflow", "pydantic", "bentoml"):
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-    warnings.filterwarnings("ignore", message=r".*configure_mappers.*")
-    warnings.filterwarnings("ignore", message=r".*fetch_arrow_table\(\) is deprecated.*")
+    # MLflow: the models are logged as Python objects on purpose (their artifacts travel with
+    # them), and a progress bar per artifact download is noise in a pipeline log.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    show = warnings.showwarning
+
+    def quiet(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if not any(known in str(message) for known in KNOWN_WARNINGS):
+            show(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    warnings.showwarning = quiet
 
 
 def _settings(workdir: Path | None = None, profile: str | None = None) -> tuple[Settings, Workdir]:
