@@ -118,18 +118,23 @@ class XInterest:
         self.settings, self.workdir = _settings()
         self.poll_seconds = float(os.environ.get("XINTEREST_ALIAS_POLL_SECONDS", "10"))
         self._lock = threading.Lock()
-        self.feedback_log: Any = None
+        from serving.feedback import FeedbackLog
+
+        self.feedback_log = FeedbackLog(self.workdir.feedback)
+        # Load in the background (the loader then follows the champion alias), but give the first
+        # attempt time to finish before this worker takes requests: with several workers, one
+        # that answered /readyz must not leave another still loading behind the same port.
+        self._first_attempt = threading.Event()
         threading.Thread(target=self._load_and_follow, name="model-loader", daemon=True).start()
+        self._first_attempt.wait(float(os.environ.get("XINTEREST_STARTUP_WAIT_SECONDS", "120")))
 
     def _load_and_follow(self) -> None:
         import torch
 
-        from serving.feedback import FeedbackLog
         from serving.loader import engine, resolve_version
         from training import tracking
 
         torch.set_num_threads(1)  # one request per thread; the threads are the parallelism
-        self.feedback_log = FeedbackLog(self.workdir.feedback)
         while True:
             try:
                 tracking.setup(self.settings, self.workdir)
@@ -145,6 +150,7 @@ class XInterest:
             except Exception as e:  # keep serving the loaded model; readiness reports the problem
                 self.error = f"{type(e).__name__}: {e}"
                 log.warning("model (re)load failed: %s", self.error)
+            self._first_attempt.set()
             time.sleep(self.poll_seconds)
 
     def __is_ready__(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def test_retrain_is_idempotent_and_gates_a_challenger_after_feedback(trained: tu
             responses = list(pool.map(lambda b: server.post("/feedback", b), bodies))
     finally:
         server.stop()
-    assert all(r.status_code == 200 for r in responses)
+    failed = Counter((r.status_code, r.text[:300]) for r in responses if r.status_code != 200)
+    assert not failed, failed
     ids = [r.json()["event_ids"][0] for r in responses]
     assert len(set(ids)) == 1000
 
