@@ -23,6 +23,14 @@ WORK = REPO_ROOT / "bench" / ".work"
 console = Console()
 
 
+# The online read paths bench/features.py measures, with their labels (its table and README's).
+READ_PATHS = (
+    ("raw_store", "raw store read"),
+    ("xinterest", "xinterest OnlineReader"),
+    ("feast_serve_http", "`feast serve` (HTTP)"),
+)
+
+
 def work_dir(name: str) -> Path:
     path = WORK / name
     path.mkdir(parents=True, exist_ok=True)

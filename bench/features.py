@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from bench.common import publish, stop_tree, work_dir
+from bench.common import READ_PATHS, publish, stop_tree, work_dir
 from pipelines import feature_store as fs
 from pipelines.config import Settings, Workdir
 from pipelines.ingest import ensure_synthetic, ingest_sources
@@ -219,11 +219,7 @@ def main() -> None:
         r = run_profile(profile, raw, base, args.reads)
         results["profiles"][profile] = r
         raw_p50 = r["online_read"]["raw_store"]["p50_ms"]
-        for path, label in (
-            ("raw_store", "raw store read"),
-            ("xinterest", "xinterest OnlineReader"),
-            ("feast_serve_http", "feast serve (HTTP)"),
-        ):
+        for path, label in READ_PATHS:
             p = r["online_read"][path]
             table.add_row(
                 profile,

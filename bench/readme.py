@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import RESULTS
+from bench.common import READ_PATHS, RESULTS
 from pipelines.config import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -50,11 +50,7 @@ def features(r: dict[str, Any]) -> list[str]:
     ]
     for profile, p in r["profiles"].items():
         raw = p["online_read"]["raw_store"]["p50_ms"]
-        for path, label in (
-            ("raw_store", "raw store read"),
-            ("xinterest", "xinterest OnlineReader"),
-            ("feast_serve_http", "`feast serve` (HTTP)"),
-        ):
+        for path, label in READ_PATHS:
             v = p["online_read"][path]
             lines.append(
                 f"| {profile} | {p['materialize_offline_rows_per_second']:,} / "
