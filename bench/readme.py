@@ -155,6 +155,83 @@ def serving(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _row(name: str, target: str, now: str, met: bool) -> str:
+    return f"| {name} | {target} | {now} | {'yes' if met else 'no'} |"
+
+
+def targets(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each benchmark's target, its figure now and whether it holds, from the results files."""
+    lines = ["| benchmark | target | now | met |", "|---|---|---|---|"]
+    if "ingest" in results:
+        r = results["ingest"]
+        ratio = r["ratio_ingest_to_floor"]
+        lines.append(
+            _row("ingest", f"within {r['target_ratio']:.0f}x of the floor", f"{ratio:.2f}x", ratio <= r["target_ratio"])
+        )
+    if "features" in results:
+        for profile, p in results["features"]["profiles"].items():
+            ratio, serve = p["ratio_xinterest_to_raw_p50"], p["ratio_feast_serve_to_xinterest_p50"]
+            lines.append(
+                _row(
+                    f"features ({profile})",
+                    "p50 within 2x of the raw store read, faster than `feast serve`",
+                    f"{ratio:.2f}x raw; `feast serve` {serve:.1f}x slower",
+                    ratio <= 2 and serve > 1,
+                )
+            )
+    if "quality" in results:
+        d = results["quality"]["datasets"]
+        arms = {
+            "Douban books + music": d.get("douban", {}).get("book_plus_music"),
+            "Douban books only": d.get("douban", {}).get("book_only"),
+            "Taobao": d.get("taobao"),
+            "MovieLens": d.get("movielens"),
+        }
+        for name, arm in arms.items():
+            if not arm:
+                continue
+            m = arm["metrics"]
+            baseline = max((b for b in ("ease", "itemknn") if b in m), key=lambda b: m[b]["ndcg@20"])
+            ours, theirs = m["vae+ranker"]["ndcg@20"], m[baseline]["ndcg@20"]
+            lines.append(
+                _row(
+                    f"quality: {name}",
+                    "VAE + re-ranker above EASE/ItemKNN on NDCG@20",
+                    f"{ours:.4f} vs {baseline} {theirs:.4f} ({ours / theirs - 1:+.1%})",
+                    ours > theirs,
+                )
+            )
+        lift = (
+            d.get("douban", {})
+            .get("cross_platform_lift_ndcg20", {})
+            .get("sparse(<=5 events on the platform)/vae+ranker")
+        )
+        if lift is not None:
+            lines.append(
+                _row(
+                    "quality: cross-platform lift",
+                    ">= +10% for persons with <= 5 book events",
+                    f"{lift:+.1%}",
+                    lift >= 0.1,
+                )
+            )
+    if "serving" in results:
+        for profile, p in results["serving"]["profiles"].items():
+            c8 = next(level for level in p["levels"] if level["concurrency"] == 8)
+            lines.append(
+                _row(
+                    f"serving ({profile})", "p99 < 25 ms at concurrency 8", f"{c8['p99_ms']:.1f} ms", c8["p99_ms"] < 25
+                )
+            )
+            ratio = p["p99_c8_over_floor_p99"]
+            lines.append(
+                _row(
+                    f"serving ({profile})", "p99 at concurrency 8 < 3x the in-process floor", f"{ratio:.1f}x", ratio < 3
+                )
+            )
+    return lines
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "ingest": ingest,
     "features": features,
@@ -163,15 +240,18 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 }
 
 
+def _replace(text: str, name: str, lines: list[str]) -> str:
+    body = "\n".join(lines)
+    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
 def main() -> None:
     text = README.read_text()
-    for name, render in SECTIONS.items():
-        path = RESULTS / f"{name}.json"
-        if not path.exists():
-            continue
-        body = "\n".join(render(json.loads(path.read_text())))
-        pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
+    results = {n: json.loads((RESULTS / f"{n}.json").read_text()) for n in SECTIONS if (RESULTS / f"{n}.json").exists()}
+    for name, r in results.items():
+        text = _replace(text, name, SECTIONS[name](r))
+    text = _replace(text, "targets", targets(results))
     README.write_text(text)
     print(f"README figures rendered from {RESULTS}")
 
