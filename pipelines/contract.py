@@ -237,14 +237,6 @@ def _clean(values: pa.Array) -> pa.Array:
     return values
 
 
-def utc_dates(ts: pd.Series) -> pd.Series:
-    """``YYYY-MM-DD`` of each UTC timestamp (the lake's partition key), formatted once per day."""
-    days = ts.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[D]")
-    uniques, codes = np.unique(days, return_inverse=True)
-    names = np.datetime_as_string(uniques, unit="D").astype(object)
-    return pd.Series(names[codes] if len(days) else np.array([], dtype=object), index=ts.index, dtype=object)
-
-
 def _to_utc(series: pd.Series) -> pd.Series:
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         return series.dt.tz_convert("UTC")
@@ -270,7 +262,7 @@ _NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 def timestamp_ints(ts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """The integers of an Arrow timestamp column (nulls as 0) and the mask of valid ones."""
     ints = pc.cast(ts, pa.int64())
-    valid = _numpy_bool(pc.is_valid(ints))
+    valid = numpy_bool(pc.is_valid(ints))
     return np.asarray(pc.fill_null(ints, 0).to_numpy(), dtype=np.int64), valid
 
 
@@ -292,7 +284,7 @@ def as_micros(ts: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pa.array(ints, type=pa.int64(), mask=~valid).cast(TS_TYPE)
 
 
-def _numpy_bool(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def numpy_bool(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A boolean Arrow column as a numpy mask, null counting as False."""
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
 
@@ -324,20 +316,20 @@ def reason_codes(events: pa.Table, now: pd.Timestamp, rules: ValidationRules | N
         np.copyto(code, REASON_INDEX[reason], where=mask & (code < 0))
 
     def present(column: str) -> np.ndarray:
-        return _numpy_bool(pc.is_valid(events[column]))
+        return numpy_bool(pc.is_valid(events[column]))
 
     if "_malformed" in events.column_names:
-        flag(_numpy_bool(events["_malformed"]), "malformed_row")
+        flag(numpy_bool(events["_malformed"]), "malformed_row")
     platform = events["platform"]
     has_platform = present("platform")
     flag(~has_platform, "missing_platform")
     # Few distinct platforms: check each name once with Python's own regex semantics.
     names = [p for p in pc.unique(platform).to_pylist() if p is not None and PLATFORM_PATTERN.match(p)]
-    flag(has_platform & ~_numpy_bool(pc.is_in(platform, value_set=pa.array(names, pa.string()))), "invalid_platform")
+    flag(has_platform & ~numpy_bool(pc.is_in(platform, value_set=pa.array(names, pa.string()))), "invalid_platform")
     flag(~present("user_id"), "missing_user_id")
     action = events["action"]
-    flag(~_numpy_bool(pc.is_in(action, value_set=pa.array(ACTIONS, pa.string()))), "unknown_action")
-    is_search = _numpy_bool(pc.equal(action, "search"))
+    flag(~numpy_bool(pc.is_in(action, value_set=pa.array(ACTIONS, pa.string()))), "unknown_action")
+    is_search = numpy_bool(pc.equal(action, "search"))
     flag(~present("item_id") & ~is_search, "missing_item_id")
     flag(is_search & ~present("text"), "missing_search_text")
     ts, has_ts = timestamp_ints(events["ts"])
@@ -348,9 +340,9 @@ def reason_codes(events: pa.Table, now: pd.Timestamp, rules: ValidationRules | N
     latest = (pd.Timestamp(now) + rules.future_tolerance).value // factor
     flag(has_ts & (ts < earliest), "ts_out_of_range")
     flag(has_ts & (ts > latest), "ts_in_future")
-    invalid_value = ~_numpy_bool(pc.fill_null(pc.is_finite(events["value"]), True))
+    invalid_value = ~numpy_bool(pc.fill_null(pc.is_finite(events["value"]), True))
     if "_value_invalid" in events.column_names:
-        invalid_value |= _numpy_bool(events["_value_invalid"])
+        invalid_value |= numpy_bool(events["_value_invalid"])
     flag(invalid_value, "invalid_value")
     return code
 
@@ -419,7 +411,7 @@ def flag_bots(
     rules = rules or ValidationRules()
     n = len(keys)
     among = np.ones(n, dtype=bool) if among is None else among
-    browsing = _numpy_bool(pc.is_in(action, value_set=pa.array(rules.bot_actions, pa.string())))
+    browsing = numpy_bool(pc.is_in(action, value_set=pa.array(rules.bot_actions, pa.string())))
     stamps, has_ts = timestamp_ints(ts)
     counted = among & browsing & has_ts & (keys >= 0)  # groupby drops missing keys
     if not counted.any():

@@ -23,6 +23,9 @@ from pipelines.contract import first_occurrences, prefixed_hex
 PERSON_MAP_COLUMNS = ["platform", "user_id", "person_id"]
 
 
+_PERSON_BYTES = 12  # person ids: "p" + 24 hex characters
+
+
 class Pseudonymiser:
     """Keyed hashing of raw ids; the same key always gives the same pseudonyms."""
 
@@ -70,26 +73,25 @@ class Pseudonymiser:
         outer.update(inner.digest())
         return outer.digest()
 
-    def _digest(self, text: str, length: int) -> str:
-        return self._hex(text.encode(), length)
-
-    def _hex(self, data: bytes, length: int) -> str:
-        return self._mac(data).hex()[:length]
-
     def user(self, platform: str, user_id: str) -> str:
         """Pseudonym of a platform's user id, e.g. ``u3f9c…``."""
         return self._user_pseudonym(f"{platform}\x1f{user_id}".encode())
 
     def person(self, representative: str) -> str:
-        return "p" + self._digest(f"person\x1f{representative}", 24)
+        """Person id of a component's representative node, e.g. ``p3f9c…`` (what :meth:`persons`
+        gives in bulk: batch ingest and real-time pushes must agree)."""
+        return "p" + self._person_digest(representative).hex()
+
+    def _person_digest(self, representative: str) -> bytes:
+        return self._mac(f"person\x1f{representative}".encode())[:_PERSON_BYTES]
 
     def persons(self, representatives: Iterable[str]) -> pa.Array:
-        """:meth:`person` of many representatives, as Arrow strings (written all at once)."""
-        mac = self._mac
+        """Person ids of many representatives, as Arrow strings (written all at once)."""
+        digest = self._person_digest
         digests = bytearray()
         for representative in representatives:
-            digests += mac(f"person\x1f{representative}".encode())[:12]
-        return prefixed_hex(b"p", digests, 12)
+            digests += digest(representative)
+        return prefixed_hex(b"p", digests, _PERSON_BYTES)
 
     def users(self, platforms: pd.Series, user_ids: pd.Series) -> pd.Series:
         """Vectorised :meth:`user`: hashes each distinct pair once."""

@@ -47,6 +47,7 @@ from pipelines.contract import (
     first_occurrences,
     flag_bots,
     micros,
+    numpy_bool,
     reason_codes,
 )
 from pipelines.identity import Pseudonymiser, resolve_persons_indexed
@@ -210,11 +211,11 @@ def ingest(
         in_lake = lake.events_table(columns=["event_id"], dates=touched)["event_id"]
         dup_lake = np.zeros(len(run.keep), dtype=bool)
         if len(in_lake):
-            dup_lake = _numpy_mask(pc.is_in(events["event_id"], value_set=in_lake.combine_chunks()))
+            dup_lake = numpy_bool(pc.is_in(events["event_id"], value_set=in_lake.combine_chunks()))
         n_dup_lake = run.drop(dup_lake, "duplicates")
         run.accept()
 
-        given = run.keep & _numpy_mask(pc.is_valid(events["person_id"]))
+        given = run.keep & numpy_bool(pc.is_valid(events["person_id"]))
         given_rows = events.filter(pa.array(given)).select(["platform", "user_id", "person_id"])
         given_rows = _replace(given_rows, "user_id", given_rows["user_id"].cast(pa.string()))
         links_counts, links = _links(sourced_links.result(), given_rows, lake)
@@ -326,12 +327,8 @@ class _Run:
                 setattr(c, field_name, getattr(c, field_name) + int(n))
 
 
-def _numpy_mask(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def _date_names(days: np.ndarray) -> list[str]:
-    """``YYYY-MM-DD`` of day numbers since the epoch, as :func:`~pipelines.contract.utc_dates` writes them."""
+    """``YYYY-MM-DD`` (the lake's partition names) of day numbers since the epoch."""
     return np.datetime_as_string(days.astype("datetime64[D]"), unit="D").tolist()
 
 
@@ -422,7 +419,7 @@ def _in_run_duplicates(batches: list[_BatchIds]) -> np.ndarray:
     for linked in members.values():
         if len(linked) == 2:
             earlier, later = (batches[b] for b in linked)
-            seen = _numpy_mask(pc.is_in(later.distinct, value_set=earlier.distinct))
+            seen = numpy_bool(pc.is_in(later.distinct, value_set=earlier.distinct))
             dup[linked[1]] |= (later.codes >= 0) & seen[np.maximum(later.codes, 0)] if len(seen) else False
         elif len(linked) > 2:
             codes, distinct = dictionary_codes(pa.chunked_array([c for b in linked for c in batches[b].ids.chunks]))
@@ -463,7 +460,7 @@ def _check_batch(
     user = pc.coalesce(rejected["user_id"].cast(pa.string()), no_platform)
     quarantined = _quarantine_table(_replace(rejected, "user_id", user), names, source, path)
     events = _replace(events.select(EVENT_COLUMNS), "ts", as_micros(events["ts"]))
-    missing = ~bad & _numpy_mask(pc.is_null(events["event_id"]))
+    missing = ~bad & numpy_bool(pc.is_null(events["event_id"]))
     if missing.any():
         ids = content_ids(events.filter(pa.array(missing)))
         filled = pc.replace_with_mask(events["event_id"].combine_chunks(), pa.array(missing), ids)

@@ -60,10 +60,21 @@ def test_resolve_persons_indexed_points_at_each_node() -> None:
     nodes = pd.DataFrame({"platform": ["web", "ios", "web", "web"], "user_id": ["a", "b", "a", "c"]})
     links = pd.DataFrame({"platform_a": ["web"], "user_id_a": ["a"], "platform_b": ["miniapp"], "user_id_b": ["z"]})
     persons, index = resolve_persons_indexed(nodes, links, p)
-    pd.testing.assert_frame_equal(persons, resolve_persons(nodes, links, p))
+    person_of = dict(zip(persons["user_id"], persons["person_id"], strict=True))
+    assert person_of["a"] == person_of["z"]  # linked across platforms
+    assert len({person_of["a"], person_of["b"], person_of["c"]}) == 3
     assert persons[["platform", "user_id"]].to_numpy()[index].tolist() == nodes.to_numpy().tolist()
     assert persons["user_id"].tolist() == ["a", "b", "c", "z"]  # first appearance, then links
     # missing values take the general path and give the same frame
     with_missing = pd.concat([nodes, pd.DataFrame({"platform": ["web"], "user_id": [None]})], ignore_index=True)
     persons, index = resolve_persons_indexed(with_missing, links, p)
     assert len(persons) == 5 and index.tolist() == [0, 1, 0, 2, 3]
+
+
+def test_one_person_id_and_many_agree() -> None:
+    """Real-time pushes use :meth:`person`, batch ingest :meth:`persons`: same ids."""
+    p = Pseudonymiser("k")
+    reps = ["u1", "u2", "ufff"]
+    assert p.persons(reps).to_pylist() == [p.person(r) for r in reps]
+    text = b"person\x1fu1"
+    assert p.person("u1") == "p" + hmac.new(b"k", text, hashlib.sha256).hexdigest()[:24]
