@@ -362,7 +362,9 @@ class OnlineReader:
                 f"({','.join('?' * len(serialized))})",
                 serialized,
             ).fetchall()
-        except sqlite3.OperationalError:  # the view was never materialized
+        except sqlite3.OperationalError as e:  # the view was never materialized
+            if "no such table" not in str(e):
+                raise  # a locked or broken store is an error, not an unknown person
             return [(None, None) for _ in serialized]
         found: dict[bytes, tuple[datetime | None, dict[str, Any]]] = {}
         for key, name, value, ts in rows:
