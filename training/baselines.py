@@ -78,14 +78,6 @@ def item_knn(x: sp.csr_matrix, k: int = 100, shrink: float = 10.0) -> sp.csc_mat
     )
 
 
-def item_item_model(x: sp.csr_matrix, l2: float = 200.0, keep: int = 100) -> tuple[str, sp.csc_matrix]:
-    """The item-item base recommender shipped with the ensemble: pruned EASE when the catalog
-    allows the dense inverse, ItemKNN otherwise."""
-    if x.shape[1] <= EASE_MAX_ITEMS:
-        return "ease", prune(ease(x, l2), keep)
-    return "itemknn", item_knn(x, keep)
-
-
 def scores(x: sp.csr_matrix, model: sp.spmatrix | NDArray[np.float32]) -> NDArray[np.float32]:
     """Scores of every item for each row of ``x`` (persons' bags)."""
     out = x @ model
