@@ -96,11 +96,6 @@ def test_a_second_training_adds_versions_without_breaking_the_first(tmp_path: Pa
     shutil.copytree(workdir.root, copy.root)
     settings2 = Settings(**{**settings.model_dump(), "workdir": copy.root})
     second = train(copy, settings2, small_experiment())
-    client = MlflowClient()
-    listed = sorted(
-        (v.name, v.version, v.run_id) for v in client.search_model_versions(f"name='{tracking.RECOMMENDER_MODEL}'")
-    )
-    assert int(second.versions["recommender"]) == int(first.versions["recommender"]) + 1, (listed, first.versions)
     assert int(second.versions["recommender"]) == int(first.versions["recommender"]) + 1
     assert int(second.versions["vae"]) == int(first.versions["vae"]) + 1
     assert second.champion == first.versions["recommender"] and not second.promoted  # the gate decides, not training
