@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from pipelines.config import Settings, Workdir, get_settings
+
+if TYPE_CHECKING:
+    from training.experiment import ExperimentConfig
 
 app = typer.Typer(
     name="xinterest",
@@ -81,6 +84,17 @@ def _quiet_known_warnings() -> None:
 def _settings(workdir: Path | None = None, profile: str | None = None) -> tuple[Settings, Workdir]:
     settings = get_settings(workdir=workdir, profile=profile)
     return settings, Workdir.at(settings.workdir)
+
+
+def _experiment(settings: Settings, epochs: int | None) -> ExperimentConfig:
+    """The training configuration for ``train`` and ``retrain``: defaults, the settings' sequence
+    length and seed, and ``--epochs`` when given."""
+    from dataclasses import replace
+
+    from training.experiment import ExperimentConfig
+
+    config = ExperimentConfig(sequence_length=settings.sequence_length, seed=settings.seed)
+    return config if epochs is None else replace(config, train=replace(config.train, epochs=epochs))
 
 
 def _fail(message: str) -> typer.Exit:
@@ -223,14 +237,12 @@ def train(
     """Ingest (optional), build features, apply + materialize, train the VAE and the re-ranker,
     evaluate against baselines, log and register in MLflow."""
     import json
-    from dataclasses import replace
 
     from pipelines.adapters import AdapterError, parse_source
     from pipelines.adapters.canonical import read as read_canonical
     from pipelines.ingest import ingest, ingest_sources
     from pipelines.train import TrainError
     from pipelines.train import train as run_training
-    from training.experiment import ExperimentConfig
 
     settings, wd = _settings(workdir, profile)
     try:
@@ -240,9 +252,7 @@ def train(
         if source:
             result = ingest_sources([parse_source(s) for s in source], wd, settings, progress=True)
             print_ingest_report(result.to_dict())
-        config = ExperimentConfig(sequence_length=settings.sequence_length, seed=settings.seed)
-        if epochs is not None:
-            config = replace(config, train=replace(config.train, epochs=epochs))
+        config = _experiment(settings, epochs)
         outcome = run_training(wd, settings, config, progress=True)
     except (AdapterError, TrainError) as e:
         raise _fail(str(e)) from e
@@ -392,16 +402,12 @@ def retrain(
 ) -> None:
     """Ingest the feedback log, rebuild features, train a challenger and gate it. Safe on a schedule:
     no new events, no change; a crash leaves the lake and the champion as they were."""
-    from dataclasses import replace
 
     from pipelines.retrain import retrain as run_retrain
     from pipelines.train import TrainError
-    from training.experiment import ExperimentConfig
 
     settings, wd = _settings(workdir, profile)
-    config = ExperimentConfig(sequence_length=settings.sequence_length, seed=settings.seed)
-    if epochs is not None:
-        config = replace(config, train=replace(config.train, epochs=epochs))
+    config = _experiment(settings, epochs)
     try:
         outcome = run_retrain(wd, settings, config, progress=True)
     except TrainError as e:
