@@ -194,10 +194,7 @@ async def main(url, requests, concurrency, seconds):
 
 
 url, path, concurrency, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-try:
-    from uvloop import run
-except ImportError:
-    run = asyncio.run
+from uvloop import run  # a dev dependency: the figures in README were measured with it
 run(main(url, json.load(open(path)), concurrency, seconds))
 """
 

@@ -3,9 +3,12 @@
 Safe to run on a schedule:
 - the feedback log is ingested like any source (same validation, quarantine, dedup and report
   invariant); with nothing new, nothing else happens: no training, no new version;
-- the lake changes are staged (a second manifest) and published only after the challenger is
-  trained and gated, so a crash part-way leaves the lake and the champion alias as they were
-  (the next run discards the stale stage);
+- the lake changes are staged (a second manifest) and published last, after the challenger is
+  trained and gated. A crash before the gate leaves the lake and the champion alias as they
+  were; the feature tables and online store may already hold the staged events (training
+  rebuilds them from the stage). A crash between the gate and the publish leaves a moved alias
+  on the old lake. Either way the next run discards the stale stage, stages the feedback log
+  again (it is never consumed) and rebuilds, trains and gates from there;
 - the drift of the last period against the training set is computed and logged with it.
 """
 
