@@ -85,15 +85,21 @@ class RankerConfig:
 
 
 def lookup_share(names: Sequence[Any], shares: Sequence[Any], wanted: Sequence[Any]) -> NDArray[np.float32]:
-    """Per pair: the share that the pair's list (names, shares) gives to ``wanted`` (0 if absent)."""
+    """Per pair: the share that the pair's list (names, shares) gives to ``wanted`` (0 if absent;
+    the first entry of a repeated name). Pairs of one person share the same list objects, so
+    each distinct pair of lists becomes one lookup table."""
     out = np.zeros(len(wanted), dtype=np.float32)
+    tables: dict[tuple[int, int], dict[Any, Any]] = {}
     for i, (n, s, w) in enumerate(zip(names, shares, wanted, strict=True)):
         if w is None or n is None or s is None:
             continue
-        for name, share in zip(n, s, strict=False):
-            if name == w:
-                out[i] = share
-                break
+        table = tables.get((id(n), id(s)))
+        if table is None:
+            table = tables[(id(n), id(s))] = {}
+            for name, share in zip(n, s, strict=False):
+                table.setdefault(name, share)
+        if w in table:
+            out[i] = table[w]
     return out
 
 

@@ -75,30 +75,6 @@ def _best(row: NDArray[Any], k: int, ordered: NDArray[Any]) -> NDArray[np.int64]
     return np.concatenate([above, np.flatnonzero(row == threshold)[: k - len(above)]])
 
 
-def _lookup_share(names: Any, shares: Any, wanted: Any) -> NDArray[np.float32]:
-    """:func:`ranker.lookup_share`; when every pair holds the same lists (one person's candidates),
-    with one table for all pairs."""
-    n = len(wanted)
-    if n == 0 or len(names) != n or len(shares) != n:
-        return ranker.lookup_share(names, shares, wanted)
-    first_names, first_shares = names[0], shares[0]
-    if any(x is not first_names for x in names) or any(x is not first_shares for x in shares):
-        return ranker.lookup_share(names, shares, wanted)
-    out = np.zeros(n, dtype=np.float32)
-    if first_names is None or first_shares is None:
-        return out
-    table: dict[Any, Any] = {}
-    try:
-        for name, share in zip(first_names, first_shares, strict=False):
-            table.setdefault(name, share)  # the first match wins
-        for i, w in enumerate(wanted):
-            if w is not None and w in table:
-                out[i] = table[w]
-    except TypeError:  # unhashable names: compare one by one
-        return ranker.lookup_share(names, shares, wanted)
-    return out
-
-
 @dataclass
 class Recommender:
     vae: AttentionVAE
@@ -278,10 +254,10 @@ class Recommender:
         for name in ranker.FEAST_PERSON + ranker.FEAST_ACTIVITY + ranker.FEAST_ITEM:
             if name in feast:
                 columns[name] = np.asarray(feast[name], dtype=object)
-        columns["cat_affinity"] = _lookup_share(
+        columns["cat_affinity"] = ranker.lookup_share(
             feast["top_categories"], feast["category_affinity"], signals["_category"]
         )
-        columns["platform_share"] = _lookup_share(
+        columns["platform_share"] = ranker.lookup_share(
             feast["platform_names"], feast["platform_shares"], signals["_platform"]
         )
         return ranker.assemble(columns)
