@@ -77,10 +77,9 @@ def forget(workdir: Workdir, settings: Settings, person_id: str) -> ForgetReport
 
     # Online store.
     if (workdir.feature_repo / "feature_store.yaml").exists():
-        platforms = set(accounts["platform"]) | set(mine.get("platform", pd.Series(dtype=object)))
-        report.online_keys = _delete_online(
-            fs.open_store(workdir, settings), person_id, platforms | _platforms(lake), users
-        )
+        # every platform any account is on: activity rows are keyed by (person, platform)
+        platforms = set(persons["platform"]) - {"_person"} if persons is not None else set()
+        report.online_keys = _delete_online(fs.open_store(workdir, settings), person_id, platforms, users)
 
     # Feedback log (raw ids: matched through their pseudonyms) and quarantine.
     pseudo = Pseudonymiser(settings.pseudonym_key.get_secret_value())
@@ -99,11 +98,6 @@ def forget(workdir: Workdir, settings: Settings, person_id: str) -> ForgetReport
             report.quarantine_rows += int(theirs.sum())
             frame[~theirs].to_parquet(path, index=False)
     return report
-
-
-def _platforms(lake: Lake) -> set[str]:
-    persons = lake.table("persons")
-    return set(persons["platform"]) - {"_person"} if persons is not None else set()
 
 
 def _is_theirs(line: str, users: set[str], pseudo: Pseudonymiser) -> bool:

@@ -36,7 +36,7 @@ def push_events(
     events: pd.DataFrame,
     sequence_length: int,
     category_of: dict[str, Any] | None = None,
-    half_life_days: float = FeatureConfig().affinity_half_life_days,
+    features: FeatureConfig | None = None,
 ) -> PushResult:
     """Push canonical, identity-resolved events (with ``person_id``) to the online store:
     sequence, activity and profile (category affinity needs ``category_of``, item → category)."""
@@ -47,7 +47,7 @@ def push_events(
     events = events.sort_values(["person_id", "ts"], kind="stable")
     sequences = _sequence_rows(reader, events, sequence_length)
     activity = _activity_rows(reader, events)
-    profiles = _profile_rows(reader, events, category_of or {}, half_life_days)
+    profiles = _profile_rows(reader, events, category_of or {}, features or FeatureConfig())
     if len(sequences):
         store.push("person_sequence_push", sequences, to=PushMode.ONLINE)
     if len(activity):
@@ -58,7 +58,7 @@ def push_events(
 
 
 def _profile_rows(
-    reader: OnlineReader, events: pd.DataFrame, category_of: dict[str, Any], half_life: float
+    reader: OnlineReader, events: pd.DataFrame, category_of: dict[str, Any], features: FeatureConfig
 ) -> pd.DataFrame:
     """Profiles with the new events folded in: the old affinity decays by the time since the last
     event (the offline half-life), the new events' categories add to it; the platform mix and
@@ -71,7 +71,7 @@ def _profile_rows(
         newest = group["ts"].iloc[-1]
         last = row.get("last_event_ts")
         mass = float(row.get("events_total_30d") or 0)
-        decay = 0.5 ** (max(0.0, newest.timestamp() - last) / 86400 / half_life) if last else 0.0
+        decay = 0.5 ** (max(0.0, newest.timestamp() - last) / 86400 / features.affinity_half_life_days) if last else 0.0
         affinity = {
             c: float(s) * mass * decay
             for c, s in zip(row.get("top_categories") or [], row.get("category_affinity") or [], strict=False)
@@ -86,7 +86,7 @@ def _profile_rows(
         }
         for platform in group["platform"]:
             mix[platform] = mix.get(platform, 0.0) + 1.0
-        top = sorted(affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        top = sorted(affinity.items(), key=lambda kv: (-kv[1], kv[0]))[: features.top_categories]
         total = sum(affinity.values()) or 1.0
         platforms = sorted(mix.items(), key=lambda kv: (-kv[1], kv[0]))
         mix_total = sum(mix.values()) or 1.0
@@ -196,6 +196,10 @@ def push_file(path: Any, workdir: Any, settings: Any) -> dict[str, int]:
         persons[(platform, user)] = row["person_id"] if row else pseudo.person(key)
     valid["person_id"] = [persons[(p, u)] for p, u in zip(valid["platform"], valid["user_id"], strict=True)]
     items = Lake(workdir.lake).table("items")
-    category_of = dict(zip(items["item_id"], items["category"], strict=True)) if items is not None else {}
+    category_of = (
+        {i: c for i, c in zip(items["item_id"], items["category"], strict=True) if isinstance(c, str) and c}
+        if items is not None
+        else {}
+    )  # items without a category add nothing to the affinity (as in the service)
     result = push_events(store, reader, valid, settings.sequence_length, category_of)
     return {"read": len(events), "pushed": len(valid), "invalid": int(reason.notna().sum()), "persons": result.persons}
