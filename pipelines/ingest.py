@@ -250,10 +250,8 @@ class _Run:
     def __init__(self) -> None:
         self.counts: dict[str, Counts] = {}
         self.quarantined: list[pa.Table] = []
-        self.ids: list[_BatchIds] = []
         self._batches: list[_Checked] = []
         self._source: list[np.ndarray] = []  # per row: its source's index in `counts`
-        self._events = _empty_events()
         self.keep = np.zeros(0, dtype=bool)
         self.source_of = np.zeros(0, dtype=np.int32)
 
@@ -263,9 +261,12 @@ class _Run:
         c.read += batch.n_read
         c.quarantined.update(batch.reasons)
         self.quarantined.append(batch.quarantined)
-        self.ids.append(batch.ids)
         self._batches.append(batch)
         self._source.append(np.full(batch.events.num_rows, list(self.counts).index(source), dtype=np.int32))
+
+    @property
+    def ids(self) -> list[_BatchIds]:
+        return [b.ids for b in self._batches]
 
     def events(self) -> tuple[pa.Table, np.ndarray]:
         """Every batch's rows as one table (``keep``: the valid ones), and their ``ts`` in

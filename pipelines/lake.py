@@ -137,12 +137,8 @@ class Lake:
         new = Manifest(current.version, dict(current.partitions), dict(current.tables))
         jobs: list[tuple[dict[str, str], str, str, Callable[[], pa.Table | None]]] = []
         for date, table in (partitions or {}).items():
-            if isinstance(table, pa.Table):
-                if table.num_rows == 0:
-                    new.partitions.pop(date, None)
-                    continue
-                table = partial(_as_is, table)
-            jobs.append((new.partitions, date, f"events/date={date}/part", partial(_built_in_order, table)))
+            build = table if callable(table) else partial(_as_is, table)  # empty: removed below
+            jobs.append((new.partitions, date, f"events/date={date}/part", partial(_built_in_order, build)))
         for name, frame in (tables or {}).items():
             jobs.append(
                 (new.tables, name, f"tables/{name}", partial(pa.Table.from_pandas, frame, preserve_index=False))
