@@ -10,6 +10,7 @@ model's artifacts).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,21 @@ from training.trainer import infer
 from training.vae import AttentionVAE, VAEConfig
 
 _FEW = 8  # up to this many persons at once, candidates come from per-row shortcuts
+_ROWS_APART = threading.local()  # .on: the VAE's per-person layers run one row at a time
+
+
+def _row_at_a_time(forward: Any) -> Any:
+    """A ``Linear.forward`` that, while ``_ROWS_APART.on``, maps a (B, features) input one row
+    at a time: a one-row product takes another BLAS path than a B-row one (gemv, not gemm),
+    whose results differ in the last bits, so a person encoded beside others would not get
+    exactly what it gets alone."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and len(x) > 1 and getattr(_ROWS_APART, "on", False):
+            return torch.cat([forward(x[r : r + 1]) for r in range(len(x))])
+        return forward(x)
+
+    return run
 
 
 @dataclass
@@ -118,8 +134,36 @@ class Recommender:
         data = np.ones(len(rows), dtype=np.float32)
         return sp.csr_matrix((data, (rows, cols)), shape=(len(seen), self.vocab.n_items))
 
+    def encode(
+        self, sequences: list[dict[str, Any] | None]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]:
+        """The VAE's logits (B, n_items), interest embeddings, attention weights and encoder
+        item indices of ``sequences``. Up to ``_FEW`` persons at once (the service's requests
+        in flight), each row is bitwise what encoding that person alone gives: the sequence
+        layers see (B x T) rows either way, and the per-person layers run a row at a time."""
+        inputs = self.vocab.encode_sequences(sequences, self.sequence_length)
+        if not 1 < len(sequences) <= _FEW:
+            logits, mu, attention = infer(self.vae, inputs)
+            return logits, mu, attention, inputs["items"]
+        if not getattr(self.vae, "_rows_apart", False):
+            for module in self.vae.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.forward = _row_at_a_time(module.forward)
+            self.vae._rows_apart = True
+        _ROWS_APART.on = True
+        try:
+            logits, mu, attention = infer(self.vae, inputs)
+        finally:
+            _ROWS_APART.on = False
+        return logits, mu, attention, inputs["items"]
+
     def _scores(
-        self, sequences: list[dict[str, Any] | None], seen: list[set[str]], platform: str | None, exclude_seen: bool
+        self,
+        sequences: list[dict[str, Any] | None],
+        seen: list[set[str]],
+        platform: str | None,
+        exclude_seen: bool,
+        encoded: tuple[NDArray[Any], ...] | None = None,
     ) -> tuple[
         NDArray[np.float32],
         NDArray[np.float32],
@@ -128,8 +172,7 @@ class Recommender:
         NDArray[np.float32],
         NDArray[np.int64],
     ]:
-        inputs = self.vocab.encode_sequences(sequences, self.sequence_length)
-        logits, mu, attention = infer(self.vae, inputs)
+        logits, mu, attention, encoded_items = encoded if encoded is not None else self.encode(sequences)
         blocked = np.zeros(logits.shape, dtype=bool)
         if len(seen) <= _FEW:
             # A few persons (the service): sum the item-item rows of their seen items directly,
@@ -154,7 +197,7 @@ class Recommender:
         if platform is not None:
             mask = self.platform_masks.get(platform)
             blocked[:, ~(mask if mask is not None else self.vocab.platform_mask(platform))] = True
-        return logits, item_item, blocked, mu, attention, inputs["items"]
+        return logits, item_item, blocked, mu, attention, encoded_items
 
     def candidates(
         self,
@@ -164,13 +207,17 @@ class Recommender:
         n: int | None = None,
         exclude_seen: bool = True,
         items: NDArray[np.int64] | None = None,
+        encoded: tuple[NDArray[Any], ...] | None = None,
     ) -> Candidates:
         """``n`` candidates per person: the union of the VAE's and the item-item model's best
         unseen items (of the target ``platform``), half from each where they differ; ordered
         by that merged priority (then VAE score). With ``items`` (B, M), those items are the
-        candidates instead (for scoring given items)."""
+        candidates instead (for scoring given items). ``encoded``: what :meth:`encode` gives
+        for ``sequences``, when already at hand."""
         n = n or self.n_candidates
-        logits, item_item, blocked, mu, attention, encoded = self._scores(sequences, seen, platform, exclude_seen)
+        logits, item_item, blocked, mu, attention, encoded = self._scores(
+            sequences, seen, platform, exclude_seen, encoded
+        )
         vae_masked = np.where(blocked, -np.inf, logits)
         ii_masked = np.where(blocked, -np.inf, item_item)
         half = max(1, n // 2)
@@ -224,6 +271,26 @@ class Recommender:
             attention=attention,
             encoded_items=encoded,
         )
+
+    def candidates_each(
+        self,
+        sequences: list[dict[str, Any] | None],
+        seen: list[set[str]],
+        platforms: list[str | None],
+        exclude_seen: list[bool],
+    ) -> list[Candidates]:
+        """:meth:`candidates` of each person alone (its own target platform, its own number of
+        allowed items), from one VAE pass over all of them: the same as one call per person."""
+        out: list[Candidates] = []
+        for lo in range(0, len(sequences), _FEW):
+            encoded = self.encode(sequences[lo : lo + _FEW])
+            for r in range(len(encoded[0])):
+                one = tuple(part[r : r + 1] for part in encoded)
+                b = lo + r
+                out.append(
+                    self.candidates([sequences[b]], [seen[b]], platforms[b], exclude_seen=exclude_seen[b], encoded=one)
+                )
+        return out
 
     # -- ranking ---------------------------------------------------------------------------
     def signal_columns(self, cands: Candidates, last_platform: list[str | None]) -> dict[str, NDArray[Any]]:
