@@ -270,12 +270,18 @@ def train(
     return booster, info
 
 
-def predict(booster: Any, x: NDArray[np.float32], prior: dict[str, Any] | None = None) -> NDArray[np.float32]:
+def predict(
+    booster: Any,
+    x: NDArray[np.float32],
+    prior: dict[str, Any] | None = None,
+    margin: NDArray[np.float32] | None = None,
+) -> NDArray[np.float32]:
     """The booster's output (up to its best iteration): scores for a ranking objective,
-    probabilities for the logistic one. :func:`probability` turns either into probabilities."""
+    probabilities for the logistic one. :func:`probability` turns either into probabilities.
+    ``margin``: the prior's margin of ``x``, when already computed (else from ``prior``)."""
     best = getattr(booster, "best_iteration", None)
     rounds = (0, best + 1) if best is not None else (0, 0)
-    margin = prior_margin(x, prior)
+    margin = prior_margin(x, prior) if margin is None else margin
     if margin is None:
         return booster.inplace_predict(x, iteration_range=rounds).astype(np.float32)
     return booster.inplace_predict(x, iteration_range=rounds, base_margin=margin).astype(np.float32)
@@ -301,10 +307,13 @@ def calibrate(p: NDArray[np.float32], scale_pos_weight: float) -> NDArray[np.flo
     return (p / (p + scale_pos_weight * (1 - p) + 1e-12)).astype(np.float32)
 
 
-def probability(booster: Any, x: NDArray[np.float32], meta: dict[str, Any]) -> NDArray[np.float32]:
+def probability(
+    booster: Any, x: NDArray[np.float32], meta: dict[str, Any], margin: NDArray[np.float32] | None = None
+) -> NDArray[np.float32]:
     """Calibrated probabilities: Platt scaling of the ranking scores when the model has a
-    ``calibration`` (a, b), else the logistic output with the class weighting undone."""
-    raw = predict(booster, x, meta.get("prior"))
+    ``calibration`` (a, b), else the logistic output with the class weighting undone.
+    ``margin``: as for :func:`predict`."""
+    raw = predict(booster, x, meta.get("prior"), margin)
     calibration = meta.get("calibration")
     if calibration:
         a, b = calibration

@@ -334,11 +334,32 @@ class Recommender:
         b, n = cands.items.shape
         if self.booster is None or n == 0:
             return np.tile(np.arange(n), (b, 1)), np.zeros((b, n), np.float32)
-        p = ranker.probability(self.booster, x, self.meta)
+        return self._order(ranker.probability(self.booster, x, self.meta), b, n)
+
+    @staticmethod
+    def _order(p: NDArray[np.float32], b: int, n: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         p = p.reshape(b, n)
         # Ties (equal probabilities) keep the VAE's order.
         order = np.lexsort((np.tile(np.arange(n), (b, 1)), -p), axis=1)
         return order, p
+
+    def rank_each(
+        self, cands: list[Candidates], xs: list[NDArray[np.float32]]
+    ) -> list[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """:meth:`rank` of each person's candidates alone, from one booster call for all of
+        them (the trees score each row on its own; the prior's blend, a matrix product whose
+        rounding depends on the rows around, is computed per person as alone)."""
+        if self.booster is None or len(cands) < 2:
+            return [self.rank(c, x) for c, x in zip(cands, xs, strict=True)]
+        prior = self.meta.get("prior")
+        margins = [ranker.prior_margin(x, prior) for x in xs]
+        margin = None if margins[0] is None else np.concatenate(margins)  # type: ignore[arg-type]
+        p = ranker.probability(self.booster, np.concatenate(xs), self.meta, margin)
+        out, lo = [], 0
+        for x in xs:
+            out.append(self._order(p[lo : lo + len(x)], 1, len(x)))
+            lo += len(x)
+        return out
 
     def popular(self, platform: str | None, k: int, exclude: set[str] | None = None) -> list[tuple[str, float]]:
         """Most popular items (of a platform), for cold starts."""
