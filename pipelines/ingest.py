@@ -51,7 +51,7 @@ from pipelines.contract import (
     reason_codes,
 )
 from pipelines.identity import Pseudonymiser, resolve_persons_indexed
-from pipelines.lake import Lake
+from pipelines.lake import DICTIONARY_COLUMNS, Lake
 from pipelines.synthetic import SyntheticConfig, generate
 
 log = logging.getLogger(__name__)
@@ -293,9 +293,16 @@ class _Run:
         events = self._events
         order = _time_order(positions[np.argsort(us[positions], kind="stable")], us, events["event_id"])
         indices = pa.array(order)
+
+        def gather(column: str) -> pa.Array | pa.ChunkedArray:
+            values = events[column]
+            if column in _ENCODED_COLUMNS:  # gather small integers, not strings (the lake stores them so)
+                values = pc.dictionary_encode(values.combine_chunks())
+            return values.take(indices)
+
         # One column per thread: a random gather is memory-bound, and take releases the GIL.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gather") as pool:
-            taken = list(pool.map(lambda c: events[c].take(indices), _ORDERED_COLUMNS))
+            taken = list(pool.map(gather, _ORDERED_COLUMNS))
         return order, pa.table(dict(zip(_ORDERED_COLUMNS, taken, strict=True)))
 
     def drop(self, rows: np.ndarray, counted_as: str | None) -> int:
@@ -366,6 +373,13 @@ def _check_loaded(batch: EventBatch, pseudo: Pseudonymiser, now: pd.Timestamp, r
 
 
 _ORDERED_COLUMNS = [c for c in EVENT_COLUMNS if c != "person_id"]
+# Plain string columns whose values repeat: dictionary-encoded before they are put in order, as the
+# lake stores them (user ids already are, person ids are added so).
+_ENCODED_COLUMNS = [
+    c
+    for c in DICTIONARY_COLUMNS
+    if c in _ORDERED_COLUMNS and c != "user_id" and EVENTS_SCHEMA.field(c).type == pa.string()
+]
 
 
 @dataclass

@@ -129,10 +129,10 @@ class Lake:
         partitions: dict[str, pa.Table | Callable[[], pa.Table]] | None = None,
         tables: dict[str, pd.DataFrame] | None = None,
     ) -> bool:
-        """Replace whole partitions (Arrow tables in :data:`EVENTS_SCHEMA`) and named tables
-        atomically; an empty partition is removed. A partition may also be given as a function
-        that builds its table: it is called by the writers, in their threads. Return whether
-        anything changed."""
+        """Replace whole partitions (Arrow tables in :data:`EVENTS_SCHEMA`, any string column
+        possibly dictionary-encoded) and named tables atomically; an empty partition is removed.
+        A partition may also be given as a function that builds its table: it is called by the
+        writers, in their threads. Return whether anything changed."""
         current = self.manifest()
         new = Manifest(current.version, dict(current.partitions), dict(current.tables))
         jobs: list[tuple[dict[str, str], str, str, Callable[[], pa.Table | None]]] = []
@@ -179,7 +179,13 @@ class Lake:
         if table is None:
             return None
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
+        if stem.startswith("events/"):
+            # Dictionaries only where values repeat (event ids and times hardly do); strings come
+            # dictionary-encoded (see _lake_order) and are written as they are. No Arrow schema is
+            # stored: the parquet types read back as the contract's (strings, UTC timestamps).
+            pq.write_table(table, sink, compression="zstd", use_dictionary=DICTIONARY_COLUMNS, store_schema=False)
+        else:
+            pq.write_table(table, sink, compression="zstd")
         data = sink.getvalue()  # hashed and written straight from Arrow's buffer, no copy
         relative = f"{stem}-{hashlib.sha256(data).hexdigest()[:20]}.parquet"
         path = self.root / relative
@@ -216,13 +222,52 @@ def _built_in_order(build: Callable[[], pa.Table]) -> pa.Table | None:
     return _lake_order(table) if table.num_rows else None
 
 
+# Columns whose values repeat within a date: stored dictionary-encoded (the strings among them
+# given to the writer as Arrow dictionaries, see _lake_order).
+DICTIONARY_COLUMNS = ["platform", "user_id", "person_id", "item_id", "action", "value", "text"]
+_DICTIONARY_STRINGS = [c for c in DICTIONARY_COLUMNS if EVENTS_SCHEMA.field(c).type == pa.string()]
+_STORED_SCHEMA = pa.schema(
+    [f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.name in _DICTIONARY_STRINGS else f for f in EVENTS_SCHEMA]
+)
+
+
 def _lake_order(table: pa.Table) -> pa.Table:
     """A partition as stored: the contract's columns and types, sorted by ``ts`` then
-    ``event_id``, in one chunk (so the same rows always make the same bytes)."""
-    table = table.select(EVENT_COLUMNS).cast(EVENTS_SCHEMA)
-    if _sorted(table):  # ingest hands over sorted slices: checking is linear, sorting is not
-        return table.combine_chunks()
-    return table.sort_by([("ts", "ascending"), ("event_id", "ascending")]).combine_chunks()
+    ``event_id``, in one chunk, the repeating strings dictionary-encoded in order of first
+    appearance (so the same rows always make the same bytes, whether their strings came plain
+    or dictionary-encoded)."""
+    table = table.select(EVENT_COLUMNS)
+    table = table.cast(
+        pa.schema(
+            [
+                _STORED_SCHEMA.field(f.name) if pa.types.is_dictionary(f.type) else EVENTS_SCHEMA.field(f.name)
+                for f in table.schema
+            ]
+        )
+    )
+    if not _sorted(table):  # ingest hands over sorted slices: checking is linear, sorting is not
+        table = table.sort_by([("ts", "ascending"), ("event_id", "ascending")])
+    columns = [
+        _first_appearance(table[c]) if c in _DICTIONARY_STRINGS else table[c].combine_chunks() for c in EVENT_COLUMNS
+    ]
+    return pa.Table.from_arrays(columns, schema=_STORED_SCHEMA)
+
+
+def _first_appearance(values: pa.ChunkedArray) -> pa.DictionaryArray:
+    """A string column, plain or dictionary-encoded, as one dictionary array holding the values
+    that occur, in order of first appearance (what dictionary-encoding the plain strings gives)."""
+    if not pa.types.is_dictionary(values.type):
+        return pc.dictionary_encode(values.combine_chunks())
+    chunks = values.unify_dictionaries().chunks
+    if not chunks:
+        return pa.array([], pa.string()).dictionary_encode()
+    dictionary = chunks[0].dictionary
+    # Number the entries in use by first appearance: a pass over integers, not strings.
+    used = pc.dictionary_encode(pa.concat_arrays([chunk.indices for chunk in chunks]))
+    occurring = dictionary.take(used.dictionary)
+    if pc.count_distinct(occurring).as_py() != len(occurring):  # one value at two entries
+        return pc.dictionary_encode(pc.cast(values, pa.string()).combine_chunks())
+    return pa.DictionaryArray.from_arrays(pc.cast(used.indices, pa.int32()), occurring)
 
 
 def _sorted(table: pa.Table) -> bool:
