@@ -24,22 +24,28 @@ from training import ranker
 from training.data import Vocab
 from training.metrics import top_k
 from training.trainer import infer
-from training.vae import AttentionVAE, VAEConfig
+from training.vae import AttentionPool, AttentionVAE, VAEConfig
 
 _FEW = 8  # up to this many persons at once, candidates come from per-row shortcuts
 _ROWS_APART = threading.local()  # .on: the VAE's per-person layers run one row at a time
 
 
 def _row_at_a_time(forward: Any) -> Any:
-    """A ``Linear.forward`` that, while ``_ROWS_APART.on``, maps a (B, features) input one row
-    at a time: a one-row product takes another BLAS path than a B-row one (gemv, not gemm),
-    whose results differ in the last bits, so a person encoded beside others would not get
-    exactly what it gets alone."""
+    """A module's ``forward`` that, while ``_ROWS_APART.on``, maps its batch one person (row
+    of its first input) at a time: a product over one person's rows can take another BLAS
+    path than over several persons' (gemv, not gemm; other blockings), whose results differ in
+    the last bits, so a person encoded beside others would not get exactly what it gets alone."""
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and len(x) > 1 and getattr(_ROWS_APART, "on", False):
-            return torch.cat([forward(x[r : r + 1]) for r in range(len(x))])
-        return forward(x)
+    def run(x: torch.Tensor, *rest: Any) -> Any:
+        if not (getattr(_ROWS_APART, "on", False) and x.dim() >= 2 and len(x) > 1):
+            return forward(x, *rest)
+        outs = [
+            forward(x[r : r + 1], *(a[r : r + 1] if isinstance(a, torch.Tensor) else a for a in rest))
+            for r in range(len(x))
+        ]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+        return torch.cat(outs)
 
     return run
 
@@ -146,8 +152,11 @@ class Recommender:
             logits, mu, attention = infer(self.vae, inputs)
             return logits, mu, attention, inputs["items"]
         if not getattr(self.vae, "_rows_apart", False):
+            # The per-person layers and the attention pooling (a product with one query
+            # vector) a person at a time; the event embeddings and the Transformer layers (the
+            # bulk of the work) see the whole batch, row for row the same (tested).
             for module in self.vae.modules():
-                if isinstance(module, torch.nn.Linear):
+                if isinstance(module, torch.nn.Linear | AttentionPool):
                     module.forward = _row_at_a_time(module.forward)
             self.vae._rows_apart = True
         _ROWS_APART.on = True
