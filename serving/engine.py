@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -42,6 +42,18 @@ class Recommendation:
     person_known: bool
     cold_start: str | None  # None, "cross_platform" or "popularity"
     items: list[Item] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One ``/recommend`` request, as :meth:`Engine.recommend_many` takes it."""
+
+    person_id: str
+    k: int = 20
+    platform: str | None = None
+    exclude_seen: bool = True
+    explain: bool = False
+    now: datetime | None = None
 
 
 class UnknownPlatform(ValueError):
@@ -124,18 +136,27 @@ class Engine:
         return out
 
     def _feast_columns(
-        self, person_id: str, profile: dict[str, Any] | None, platforms: np.ndarray, items: list[str], now: datetime
+        self,
+        person_id: str,
+        profile: dict[str, Any] | None,
+        platforms: np.ndarray,
+        items: list[str],
+        now: datetime,
+        activity: dict[str, dict[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
+        """The ``ranker_v1`` columns of one person's candidates; ``activity``: the person's
+        ``person_activity`` rows by platform, when already read (else they are read here)."""
         n = len(items)
         profile = profile or {}
         wanted = sorted(set(platforms.tolist()))
-        activity = dict(
-            zip(
-                wanted,
-                self.reader.read("person_activity", [{"person_id": person_id, "platform": p} for p in wanted]),
-                strict=True,
+        if activity is None:
+            activity = dict(
+                zip(
+                    wanted,
+                    self.reader.read("person_activity", [{"person_id": person_id, "platform": p} for p in wanted]),
+                    strict=True,
+                )
             )
-        )
         recency = self.recency({"request_ts": [int(now.timestamp())], "last_event_ts": [profile.get("last_event_ts")]})
         cols: dict[str, Any] = {
             "events_total_30d": np.full(n, profile.get("events_total_30d"), dtype=object),
@@ -171,39 +192,100 @@ class Engine:
         explain: bool = False,
         now: datetime | None = None,
     ) -> Recommendation:
-        self.check_platform(platform)
-        now = now or datetime.now(UTC)
-        rows = self.reader.read_batch(
-            [("person_sequence", [{"person_id": person_id}]), ("person_profile", [{"person_id": person_id}])]
+        result = self.recommend_many([Ask(person_id, k, platform, exclude_seen, explain, now)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def recommend_many(self, asks: list[Ask]) -> list[Recommendation | Exception]:
+        """:meth:`recommend` for several requests at once (the service's requests in flight in
+        a worker), each answered exactly as alone: one online read per view for all of them,
+        one VAE pass (:meth:`Recommender.candidates_each`), then each person's own candidates
+        and re-ranking. A request's own error (an unknown platform) is its entry."""
+        started = datetime.now(UTC)
+        out: list[Recommendation | Exception | None] = [None] * len(asks)
+        valid = []
+        for i, ask in enumerate(asks):
+            try:
+                self.check_platform(ask.platform)
+            except UnknownPlatform as e:
+                out[i] = e
+                continue
+            valid.append(i)
+        keys = [{"person_id": asks[i].person_id} for i in valid]
+        sequences, profiles = (
+            self.reader.read_batch([("person_sequence", keys), ("person_profile", keys)]) if valid else ([], [])
         )
-        sequence, profile = rows[0][0], rows[1][0]
-        if sequence is None or not sequence.get("seq_items"):
-            return self._popular(person_id, k, platform, sequence is not None)
+        known = []
+        for i, sequence, profile in zip(valid, sequences, profiles, strict=True):
+            if sequence is None or not sequence.get("seq_items"):
+                out[i] = self._popular(asks[i].person_id, asks[i].k, asks[i].platform, sequence is not None)
+            else:
+                known.append((i, sequence, profile))
+        rec = self.recommender
+        each = rec.candidates_each(
+            [sequence for _, sequence, _ in known],
+            [set(sequence.get("seen_items") or sequence.get("seq_items") or []) for _, sequence, _ in known],
+            [asks[i].platform for i, _, _ in known],
+            [asks[i].exclude_seen for i, _, _ in known],
+        )
+        ranked = []
+        for (i, sequence, profile), cands in zip(known, each, strict=True):
+            if cands.items.shape[1] == 0:
+                out[i] = self._popular(asks[i].person_id, asks[i].k, asks[i].platform, True)
+                continue
+            signals = rec.signal_columns(cands, [list(sequence.get("seq_platforms") or [None])[-1]])
+            ranked.append((i, sequence, profile, cands, signals, sorted(set(signals["_platform"].tolist()))))
+        # Every person's activity rows (one read) and every candidate's item row (the cache) at once.
+        pairs = [(asks[i].person_id, p) for i, *_, wanted in ranked for p in wanted]
+        rows = self.reader.read("person_activity", [{"person_id": q, "platform": p} for q, p in pairs]) if pairs else []
+        activity = dict(zip(pairs, rows, strict=True))
+        if ranked:
+            self._items(list(dict.fromkeys(rec.vocab.items[j] for *_, cands, _, _ in ranked for j in cands.items[0])))
+        xs, names = [], []
+        for i, _, profile, cands, signals, wanted in ranked:
+            ask = asks[i]
+            names.append([rec.vocab.items[j] for j in cands.items[0]])
+            mine = {p: activity[(ask.person_id, p)] for p in wanted}
+            columns = self._feast_columns(
+                ask.person_id, profile, signals["_platform"], names[-1], ask.now or started, mine
+            )
+            xs.append(rec.feature_matrix(signals, columns))
+        scored = rec.rank_each([cands for *_, cands, _, _ in ranked], xs)  # one booster call
+        for (i, sequence, profile, cands, _, _), item_ids, x, (order, probability) in zip(
+            ranked, names, xs, scored, strict=True
+        ):
+            out[i] = self._answer(asks[i], sequence, profile, cands, cands.items[0], item_ids, x, order, probability)
+        return cast(list[Recommendation | Exception], out)  # every entry is set above
+
+    def _answer(
+        self,
+        ask: Ask,
+        sequence: dict[str, Any],
+        profile: dict[str, Any] | None,
+        cands: Any,
+        item_idx: np.ndarray,
+        item_ids: list[str],
+        x: np.ndarray,
+        order: np.ndarray,
+        probability: np.ndarray,
+    ) -> Recommendation:
+        rec, platform = self.recommender, ask.platform
         on_platform = (
             platform is None
             or platform in set(sequence.get("seq_platforms") or [])
             or platform in set((profile or {}).get("platform_names") or [])
         )
-        seen = set(sequence.get("seen_items") or sequence.get("seq_items") or [])
-        rec = self.recommender
-        cands = rec.candidates([sequence], [seen], platform, exclude_seen=exclude_seen)
-        if cands.items.shape[1] == 0:
-            return self._popular(person_id, k, platform, True)
-        item_idx = cands.items[0]
-        item_ids = [rec.vocab.items[j] for j in item_idx]
-        signals = rec.signal_columns(cands, [list(sequence.get("seq_platforms") or [None])[-1]])
-        x = rec.feature_matrix(signals, self._feast_columns(person_id, profile, signals["_platform"], item_ids, now))
-        order, probability = rec.rank(cands, x)
-        top = order[0][:k]
-        out = Recommendation(person_id, True, None if on_platform else "cross_platform")
+        top = order[0][: ask.k]
+        out = Recommendation(ask.person_id, True, None if on_platform else "cross_platform")
         contributions = (
             ranker.contributions(rec.booster, x[top], rec.meta.get("prior"))
-            if explain and rec.booster is not None
+            if ask.explain and rec.booster is not None
             else None
         )
         for r, c in enumerate(top):
             item = Item(item_ids[c], str(rec.item_platform[item_idx[c]]), round(float(probability[0][c]), 6), r + 1)
-            if explain:
+            if ask.explain:
                 item.explanation = self._explain(
                     contributions[r] if contributions is not None else None,
                     cands,

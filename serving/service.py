@@ -8,10 +8,13 @@ response names the model version that produced it.
     bentoml serve serving.service:XInterest        # or: xinterest serve / make deploy
 """
 
+import asyncio
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -81,6 +84,72 @@ class FeedbackResponse(BaseModel):
     event_ids: list[str]
 
 
+class InFlight:
+    """The requests in flight in one worker, answered together: while a batch runs (on the
+    model thread), the requests that arrive wait; when it ends, those waiting (up to
+    ``limit``) go as the next batch. Nothing waits for a batch to fill: a request alone goes
+    at once. ``run`` answers a batch with one result (or exception) per request."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], limit: int = 8) -> None:
+        self._run = run
+        self._limit = limit
+        self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._draining = False
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+
+    async def submit(self, request: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append((request, future))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
+                try:
+                    results = await loop.run_in_executor(self._thread, self._run, [r for r, _ in batch])
+                except Exception as e:  # the whole batch failed: every request gets the error
+                    results = [e] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():  # cancelled (the request timed out)
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._draining = False
+
+
+def _response(engine: Any, result: Any) -> RecommendResponse:
+    return RecommendResponse(
+        model_version=engine.model_version,
+        person_id=result.person_id,
+        person_known=result.person_known,
+        cold_start=result.cold_start,
+        items=[
+            RecommendedItem(
+                item_id=i.item_id,
+                platform=i.platform,
+                score=i.score,
+                rank=i.rank,
+                explanation=Explanation(**i.explanation) if i.explanation else None,
+            )
+            for i in result.items
+        ],
+    )
+
+
+def worker_count() -> int:
+    """BentoML worker processes: ``XINTEREST_SERVING_WORKERS``, default one per core, at most four."""
+    return int(os.environ.get("XINTEREST_SERVING_WORKERS", str(min(4, os.cpu_count() or 1))))
+
+
 def _docs_app() -> Any:
     """``/docs``: the OpenAPI UI (BentoML serves it at ``/``, the spec at ``/docs.json``)."""
     from starlette.applications import Starlette
@@ -103,7 +172,7 @@ def _settings() -> Any:
     http={"port": int(os.environ.get("XINTEREST_PORT", "3000"))},
     traffic={"timeout": 30, "max_concurrency": 256},
     # CPU-bound Python: one worker process per core (each with one torch thread), at most four.
-    workers=int(os.environ.get("XINTEREST_SERVING_WORKERS", str(min(4, os.cpu_count() or 1)))),
+    workers=worker_count(),
     # Per-request costs that the hot path does not need by default (each is a sizeable share of
     # a ~3 ms request): an access-log line (XINTEREST_ACCESS_LOG=1 turns it on) and tracing
     # spans of /recommend and /score, which BentoML samples at rate 0 unless tracing is set up
@@ -124,6 +193,7 @@ class XInterest:
         # Load in the background (the loader then follows the champion alias), but give the first
         # attempt time to finish before this worker takes requests: with several workers, one
         # that answered /readyz must not leave another still loading behind the same port.
+        self._in_flight = InFlight(self._recommend_batch)
         self._first_attempt = threading.Event()
         threading.Thread(target=self._load_and_follow, name="model-loader", daemon=True).start()
         self._first_attempt.wait(float(os.environ.get("XINTEREST_STARTUP_WAIT_SECONDS", "120")))
@@ -172,7 +242,7 @@ class XInterest:
         return engine.person_of(platform, user_id)
 
     @bentoml.api(route="/recommend")
-    def recommend(
+    async def recommend(
         self,
         person_id: Annotated[str | None, Field(max_length=128, description="Pseudonymised person id.")] = None,
         platform: Annotated[
@@ -187,31 +257,32 @@ class XInterest:
         explain: bool = False,
     ) -> RecommendResponse:
         """Top-k items for a person (by person_id or platform + user_id)."""
-        from serving.engine import UnknownPlatform
+        self._engine()  # 503 at once while the model is not loaded
+        request = (person_id, platform, user_id, k, target_platform, exclude_seen, explain, datetime.now(UTC))
+        return await self._in_flight.submit(request)  # answered with the other requests in flight
+
+    def _recommend_batch(self, requests: list[tuple[Any, ...]]) -> list[RecommendResponse | Exception]:
+        """The responses to a batch of ``/recommend`` requests (on the model thread), each
+        what the request alone gets; a request's own error is its entry."""
+        from serving.engine import Ask, UnknownPlatform
 
         engine = self._engine()
-        try:
-            person = self._person(engine, person_id, platform, user_id)
-            target = target_platform or (platform if user_id else None)
-            result = engine.recommend(person, k, target, exclude_seen, explain, datetime.now(UTC))
-        except UnknownPlatform as e:
-            raise InvalidArgument(str(e)) from e
-        return RecommendResponse(
-            model_version=engine.model_version,
-            person_id=result.person_id,
-            person_known=result.person_known,
-            cold_start=result.cold_start,
-            items=[
-                RecommendedItem(
-                    item_id=i.item_id,
-                    platform=i.platform,
-                    score=i.score,
-                    rank=i.rank,
-                    explanation=Explanation(**i.explanation) if i.explanation else None,
-                )
-                for i in result.items
-            ],
-        )
+        out: list[RecommendResponse | Exception | None] = [None] * len(requests)
+        asks, where = [], []
+        for i, (person_id, platform, user_id, k, target_platform, exclude_seen, explain, now) in enumerate(requests):
+            try:
+                person = self._person(engine, person_id, platform, user_id)
+            except UnknownPlatform as e:
+                out[i] = InvalidArgument(str(e))
+                continue
+            except InvalidArgument as e:
+                out[i] = e
+                continue
+            asks.append(Ask(person, k, target_platform or (platform if user_id else None), exclude_seen, explain, now))
+            where.append(i)
+        for i, result in zip(where, engine.recommend_many(asks), strict=True):
+            out[i] = InvalidArgument(str(result)) if isinstance(result, UnknownPlatform) else _response(engine, result)
+        return [r if r is not None else RuntimeError("no answer") for r in out]
 
     @bentoml.api(route="/score")
     def score(
