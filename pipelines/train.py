@@ -75,12 +75,8 @@ def write_embeddings(workdir: Workdir, settings: Settings, result: ExperimentRes
     sequences = pd.read_parquet(workdir.feature_data / "person_sequence.parquet")
     latest = sequences.sort_values("event_timestamp").groupby("person_id").tail(1)
     rec = result.recommender
-    rows = [
-        {"seq_items": list(i), "seq_actions": list(a), "seq_platforms": list(p), "seq_gaps": list(g)}
-        for i, a, p, g in zip(
-            latest["seq_items"], latest["seq_actions"], latest["seq_platforms"], latest["seq_gaps"], strict=True
-        )
-    ]
+    columns = ["seq_items", "seq_actions", "seq_platforms", "seq_gaps", "seen_items"]
+    rows = [{c: list(v) for c, v in zip(columns, values, strict=True)} for values in zip(*(latest[c] for c in columns))]
     inputs = rec.vocab.encode_sequences(rows, rec.sequence_length)
     _, mu, _ = infer(rec.vae, inputs)
     fs.write_embeddings(workdir, latest["person_id"].tolist(), mu, version, datetime.now(UTC))

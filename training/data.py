@@ -2,9 +2,9 @@
 
 Protocol (README "Evaluation"): an interaction is a (person, item) pair, first seen at its
 first positive event (ratings count when >= 3.5). When time is known, each person's last new
-item is the test item and the one before it the validation item (leave-last-out); the
-training view holds the person's events before the validation item, the test view the events
-before the test item. When time is unknown (one constant timestamp), a seeded random 20% of
+item is the test item and up to three before it the validation items (leave-last-out, at least
+one pair left to train on); the training view holds the person's events before the first
+validation item, the test view the events before the test item. When time is unknown (one constant timestamp), a seeded random 20% of
 each person's pairs is the test set and 10% of the rest the validation set. With a target
 platform, only that platform's pairs are held out.
 """
@@ -20,6 +20,8 @@ import pandas as pd
 from pipelines.contract import ACTIONS
 from pipelines.features import positive_mask
 from training.vae import PAD, UNKNOWN
+
+VALID_ITEMS = 3  # validation items per person when time is known
 
 
 def interactions(events: pd.DataFrame) -> pd.DataFrame:
@@ -73,10 +75,13 @@ def _temporal(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     ranked = eligible.sort_values(["person_id", "ts", "event_id"], ascending=[True, False, False], kind="stable")
     rank = ranked.groupby("person_id").cumcount()
+    # Up to VALID_ITEMS validation items per person, keeping at least one pair to train on:
+    # the re-ranker learns from them, and one item per person is too few positives.
+    n_valid = (ranked.groupby("person_id")["item_id"].transform("size") - 2).clip(1, VALID_ITEMS)
     test = ranked[rank == 0][["person_id", "item_id", "platform", "ts"]]
-    valid = ranked[rank == 1][["person_id", "item_id", "platform", "ts"]]
+    valid = ranked[(rank >= 1) & (rank <= n_valid)][["person_id", "item_id", "platform", "ts"]]
     cut_test = test.set_index("person_id")["ts"]
-    cut_valid = valid.set_index("person_id")["ts"]
+    cut_valid = valid.groupby("person_id")["ts"].min()
     far = pd.Timestamp.max.tz_localize("UTC")
     person = events["person_id"]
     test_events = events[events["ts"] < person.map(cut_test).fillna(far)]
@@ -188,4 +193,19 @@ class Vocab:
                 for p in list(row["seq_platforms"])[-length:]
             ]
             gaps[r, :n] = np.asarray(list(row["seq_gaps"])[-length:], dtype=np.float32)
-        return {"items": items, "actions": actions, "platforms": platforms, "gaps": gaps}
+        return {"items": items, "actions": actions, "platforms": platforms, "gaps": gaps, "bag": self.encode_bags(rows)}
+
+    def encode_bags(self, rows: list[dict[str, Any] | None]) -> np.ndarray:
+        """Encoder indices (B, S) of every item each row has seen (``seen_items``, else the
+        sequence's items), unknown items as UNKNOWN, padded with PAD to the longest row."""
+        bags = []
+        for row in rows:
+            seen = None if row is None else row.get("seen_items")
+            if seen is None or len(seen) == 0:
+                seen = [] if row is None or row.get("seq_items") is None else row["seq_items"]
+            index = self.item_index
+            bags.append([index[i] + 2 if i in index else UNKNOWN for i in dict.fromkeys(seen)])
+        out = np.full((len(rows), max([1, *map(len, bags)])), PAD, dtype=np.int64)
+        for r, bag in enumerate(bags):
+            out[r, : len(bag)] = bag
+        return out

@@ -16,7 +16,7 @@ from training.metrics import ndcg_at_k, top_k
 from training.vae import AttentionVAE, VAEConfig, vae_loss
 
 log = logging.getLogger(__name__)
-INPUTS = ("items", "actions", "platforms", "gaps")
+INPUTS = ("items", "actions", "platforms", "gaps", "bag")  # "bag" is optional
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class History:
         return self.seconds / max(1, len(self.epochs))
 
 
-def _tensors(inputs: dict[str, np.ndarray], rows: np.ndarray) -> list[torch.Tensor]:
-    return [torch.from_numpy(inputs[k][rows]) for k in INPUTS]
+def _tensors(inputs: dict[str, np.ndarray], rows: np.ndarray | None = None) -> list[torch.Tensor]:
+    return [torch.from_numpy(inputs[k] if rows is None else inputs[k][rows]) for k in INPUTS if k in inputs]
 
 
 @torch.inference_mode()
@@ -60,7 +60,7 @@ def infer(
         model.eval()
     n = len(inputs["items"])
     if 0 < n <= batch_size:  # one batch (the service: one person): no slicing, no concatenation
-        mu, _, w = model.encode(*(torch.from_numpy(inputs[k]) for k in INPUTS))
+        mu, _, w = model.encode(*_tensors(inputs))
         return model.decode(mu).numpy(), mu.numpy(), w.numpy()
     logits, mus, weights = [], [], []
     for lo in range(0, n, batch_size):

@@ -9,6 +9,11 @@ function of the *set* of events: permutation-invariant, and when time is unknown
 Gaussian posterior q(z|x); z is drawn by reparameterisation; the decoder maps z to logits of a
 multinomial over all items.
 
+The sequence holds the last T events only; a bag branch (``d_bag > 0``) sees every item the
+person has interacted with (the ``seen_items`` feature): the L2-normalised multi-hot through a
+linear layer and tanh, Mult-VAE's own encoder (Liang et al. 2018), concatenated with the pooled
+vector. It is a function of the set too.
+
 Loss: the negative ELBO with the KL term weighted by beta (annealed from 0),
 
     -E_q[log p(x|z)] + beta * KL(q(z|x) || N(0, I)),
@@ -44,6 +49,8 @@ class VAEConfig:
     d_hidden: int = 256
     dropout: float = 0.2
     input_dropout: float = 0.3  # share of events hidden from the encoder while training (denoising)
+    d_bag: int = 0  # > 0: a Mult-VAE bag-of-items branch over every seen item, of this width
+    bag_dropout: float = 0.5  # share of seen items hidden from the bag branch while training
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +105,12 @@ class AttentionVAE(nn.Module):
         super().__init__()
         self.config = config
         self.embed = EventEmbedding(config)
+        # The bag branch sees every item the person interacted with (the sequence only the last
+        # T events): the L2-normalised multi-hot through a linear layer, as Mult-VAE's encoder.
+        self.bag = (
+            nn.EmbeddingBag(config.n_items + 2, config.d_bag, mode="sum", padding_idx=PAD) if config.d_bag > 0 else None
+        )
+        d_pooled = config.d_model + max(0, config.d_bag)
         layer = nn.TransformerEncoderLayer(
             config.d_model,
             config.n_heads,
@@ -108,8 +121,8 @@ class AttentionVAE(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.pool = AttentionPool(config.d_model)
-        self.to_mu = nn.Linear(config.d_model, config.d_latent)
-        self.to_logvar = nn.Linear(config.d_model, config.d_latent)
+        self.to_mu = nn.Linear(d_pooled, config.d_latent)
+        self.to_logvar = nn.Linear(d_pooled, config.d_latent)
         self.decoder = nn.Sequential(
             nn.Linear(config.d_latent, config.d_hidden),
             nn.Tanh(),
@@ -118,9 +131,16 @@ class AttentionVAE(nn.Module):
         )
 
     def encode(
-        self, items: torch.Tensor, actions: torch.Tensor, platforms: torch.Tensor, gaps: torch.Tensor
+        self,
+        items: torch.Tensor,
+        actions: torch.Tensor,
+        platforms: torch.Tensor,
+        gaps: torch.Tensor,
+        bag: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance (B, L) and the pooling attention weights (B, T)."""
+        """Posterior mean and log-variance (B, L) and the pooling attention weights (B, T).
+        ``bag`` (B, S): encoder indices of every seen item (0 = pad), for the bag branch; when
+        absent, the sequence's items stand in for it."""
         mask = items != PAD  # (B, T)
         if self.training and self.config.input_dropout > 0:
             keep = torch.rand(mask.shape, device=mask.device) >= self.config.input_dropout
@@ -131,7 +151,21 @@ class AttentionVAE(nn.Module):
         attend[:, 0] |= ~mask.any(dim=1)
         h = self.encoder(x, src_key_padding_mask=~attend)  # (B, T, D)
         pooled, weights = self.pool(h, mask)  # (B, D), (B, T)
+        if self.bag is not None:
+            pooled = torch.cat([pooled, self._bag(items if bag is None else bag)], dim=1)
         return self.to_mu(pooled), self.to_logvar(pooled).clamp(-10, 10), weights
+
+    def _bag(self, bag: torch.Tensor) -> torch.Tensor:
+        """tanh(W · x / ||x||) for the multi-hot x of the items in ``bag`` (B, S; distinct items,
+        as :meth:`Vocab.encode_bags` gives them), without padding and unknown items; items
+        dropped at random while training (denoising, as Mult-DAE/VAE's input dropout)."""
+        assert self.bag is not None
+        present = (bag != PAD) & (bag != UNKNOWN)
+        if self.training and self.config.bag_dropout > 0:
+            present &= torch.rand(bag.shape, device=bag.device) >= self.config.bag_dropout
+        norm = present.sum(dim=1, keepdim=True).clamp(min=1).float().sqrt()
+        weights = present.float() / norm
+        return torch.tanh(self.bag(torch.where(present, bag, PAD), per_sample_weights=weights))
 
     def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -141,10 +175,10 @@ class AttentionVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)  # (B, n_items) logits
 
-    def forward(
-        self, items: torch.Tensor, actions: torch.Tensor, platforms: torch.Tensor, gaps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar, _ = self.encode(items, actions, platforms, gaps)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, mean and log-variance of :meth:`encode`'s inputs (items, actions, platforms,
+        gaps and, optionally, the bag)."""
+        mu, logvar, _ = self.encode(*inputs)
         z = self.reparameterize(mu, logvar)
         return self.decode(z), mu, logvar
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -148,3 +149,20 @@ def test_training_is_deterministic(seed: int) -> None:
     assert all(
         torch.equal(a, b) for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values(), strict=True)
     )
+
+
+def test_bag_branch_sees_every_seen_item_as_a_set() -> None:
+    """The bag branch: its input order does not matter, padding and unknown items add nothing,
+    and an item beyond the sequence changes the posterior (the sequence alone cannot see it)."""
+    torch.manual_seed(0)
+    model = AttentionVAE(replace(CONFIG, d_bag=16, bag_dropout=0.0)).eval()
+    items, actions, platforms, gaps = _batch(b=2, t=6)
+    bag = torch.tensor([[5, 9, 12, 0, 0], [7, 3, 20, 21, 0]])
+    mu, _, _ = model.encode(items, actions, platforms, gaps, bag)
+    shuffled = torch.tensor([[12, 5, 9, 0, 0], [21, 20, 7, 3, 0]])
+    assert torch.allclose(mu, model.encode(items, actions, platforms, gaps, shuffled)[0], atol=1e-5)
+    padded = torch.tensor([[5, 9, 12, 0, 1, 0, 0], [7, 3, 20, 21, 1, 0, 0]])  # 1 = unknown item
+    assert torch.allclose(mu, model.encode(items, actions, platforms, gaps, padded)[0], atol=1e-5)
+    more = torch.tensor([[5, 9, 12, 30, 0], [7, 3, 20, 21, 0]])
+    changed = model.encode(items, actions, platforms, gaps, more)[0]
+    assert not torch.allclose(mu[0], changed[0], atol=1e-4) and torch.allclose(mu[1], changed[1], atol=1e-6)
