@@ -59,3 +59,14 @@ def test_target_platform_holds_out_only_that_platform() -> None:
     s = split(_events(False), seed=0, target_platform="web")
     assert set(s.test["platform"]) == {"web"}
     assert (s.train_events["platform"] == "app").any()
+
+
+def test_leave_last_out_holds_up_to_three_validation_items_before_the_test_item() -> None:
+    s = split(_events(True), seed=0)
+    per_person = s.valid.groupby("person_id").size()
+    assert per_person.max() == 3 and per_person.min() >= 1
+    test_ts = s.test.set_index("person_id")["ts"]
+    assert (s.valid["ts"].to_numpy() <= test_ts.reindex(s.valid["person_id"]).to_numpy()).all()
+    # every person keeps at least one pair to learn from
+    train_persons = set(interactions(s.train_events)["person_id"])
+    assert set(s.valid["person_id"]) <= train_persons
