@@ -35,8 +35,8 @@ from pipelines.lake import Lake
 from pipelines.synthetic import SyntheticConfig, generate
 from training.data import Split
 from training.data import split as make_split
-from training.experiment import ExperimentConfig, ExperimentResult, run
-from training.metrics import ranking_report
+from training.experiment import ExperimentConfig, ExperimentResult, run, sparse_persons
+from training.metrics import ndcg_at_k, ranking_report
 
 MODELS = ("popularity", "ease", "itemknn", "vae", "vae+ranker")
 SPARSE = "sparse(<=5 events on the platform)"
@@ -55,11 +55,52 @@ def lake_of(name: str, base: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.Dat
     return lake.events(), lake.table("items"), lake.table("persons")
 
 
+def versus_best_baseline(
+    ranked: dict[str, np.ndarray], relevant: list[set[int]], mask: np.ndarray | None = None, draws: int = 2000
+) -> dict[str, Any]:
+    """VAE + re-ranker against the better of EASE/ItemKNN on NDCG@20, paired by person: the mean
+    difference and its 95% bootstrap interval (persons resampled, seeded). A difference whose
+    interval spans 0 is a tie at this test-set size."""
+    keep = np.ones(len(relevant), dtype=bool) if mask is None else mask
+    has = keep & np.array([bool(r) for r in relevant])
+    rel = [relevant[i] for i in np.flatnonzero(has)]
+    per = {m: ndcg_at_k(ranked[m][has], rel, 20) for m in ("ease", "itemknn", "vae+ranker") if m in ranked}
+    baseline = max((m for m in per if m != "vae+ranker"), key=lambda m: per[m].mean())
+    diff = per["vae+ranker"] - per[baseline]
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1) if len(diff) else np.zeros(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    base = float(per[baseline].mean()) if len(diff) else 0.0
+    return {
+        "baseline": baseline,
+        "persons": int(len(diff)),
+        "ndcg20_delta": round(float(diff.mean()) if len(diff) else 0.0, 5),
+        "ndcg20_delta_ci95": [round(float(lo), 5), round(float(hi), 5)],
+        "relative": round(float(diff.mean()) / base, 4) if base > 0 else None,
+        "relative_ci95": [round(float(lo) / base, 4), round(float(hi) / base, 4)] if base > 0 else None,
+    }
+
+
+def lift_interval(
+    both: ExperimentResult, alone: ExperimentResult, mask: np.ndarray, model: str = "vae+ranker", draws: int = 2000
+) -> list[float]:
+    """95% bootstrap interval (persons resampled, paired, seeded) of NDCG@20(both) / NDCG@20(alone) - 1
+    for the persons in ``mask`` (the two arms hold out the same pairs for the same persons)."""
+    rows = np.flatnonzero(mask)
+    a = ndcg_at_k(alone.ranked[model][rows], [alone.relevant[i] for i in rows], 20)
+    b = ndcg_at_k(both.ranked[model][rows], [both.relevant[i] for i in rows], 20)
+    pick = np.random.default_rng(0).integers(0, len(rows), (draws, len(rows)))
+    ratio = b[pick].mean(axis=1) / np.maximum(a[pick].mean(axis=1), 1e-12) - 1
+    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
 def summarise(result: ExperimentResult, split: Split) -> dict[str, Any]:
     history = result.history
     persons = len(split.train_events["person_id"].unique())
     return {
         "metrics": result.metrics,
+        "vs_best_baseline": versus_best_baseline(result.ranked, result.relevant),
         "breakdown": result.breakdown,
         "reranker": {k: v for k, v in result.classification.items() if isinstance(v, int | float)},
         "split": {k: v for k, v in result.split_info.items() if k != "ranker"},
@@ -97,6 +138,12 @@ def douban(base: Path, data_dir: Path, config: ExperimentConfig) -> dict[str, An
             if model in a and model in b and a[model]["ndcg@20"] > 0:
                 lift[f"{group}/{model}"] = round(b[model]["ndcg@20"] / a[model]["ndcg@20"] - 1, 4)
     out["cross_platform_lift_ndcg20"] = lift
+    out["cross_platform_lift_sparse_ci95"] = lift_interval(
+        both, alone, sparse_persons(split, pd.Index(both.holdout.persons))
+    )
+    out["vs_best_baseline_sparse"] = versus_best_baseline(
+        both.ranked, both.relevant, sparse_persons(split, pd.Index(both.holdout.persons))
+    )
     out["sparse_persons"] = both.breakdown.get(SPARSE, {}).get("vae+ranker", {}).get("persons", 0)
     return out
 

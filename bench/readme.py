@@ -191,11 +191,13 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
             m = arm["metrics"]
             baseline = max((b for b in ("ease", "itemknn") if b in m), key=lambda b: m[b]["ndcg@20"])
             ours, theirs = m["vae+ranker"]["ndcg@20"], m[baseline]["ndcg@20"]
+            ci = (arm.get("vs_best_baseline") or {}).get("relative_ci95")
+            noise = f"; 95% CI {ci[0]:+.1%} to {ci[1]:+.1%}" if ci else ""
             lines.append(
                 _row(
                     f"quality: {name}",
                     "VAE + re-ranker above EASE/ItemKNN on NDCG@20",
-                    f"{ours:.4f} vs {baseline} {theirs:.4f} ({ours / theirs - 1:+.1%})",
+                    f"{ours:.4f} vs {baseline} {theirs:.4f} ({ours / theirs - 1:+.1%}{noise})",
                     ours > theirs,
                 )
             )
@@ -209,7 +211,12 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
                 _row(
                     "quality: cross-platform lift",
                     ">= +10% for persons with <= 5 book events",
-                    f"{lift:+.1%}",
+                    f"{lift:+.1%}"
+                    + (
+                        f" (95% CI {ci[0]:+.1%} to {ci[1]:+.1%})"
+                        if (ci := d["douban"].get("cross_platform_lift_sparse_ci95"))
+                        else ""
+                    ),
                     lift >= 0.1,
                 )
             )
