@@ -72,7 +72,7 @@ FEATURES = SIGNALS + FEAST_PERSON + FEAST_ACTIVITY + FEAST_ITEM
 @dataclass(frozen=True)
 class RankerConfig:
     objective: str = "rank:ndcg"  # or "binary:logistic"
-    negatives_per_positive: int = 100  # with 100 candidates: the whole list, as it is ranked at serving time
+    negatives_per_positive: int = 20
     max_rounds: int = 400
     early_stopping: int = 30
     learning_rate: float = 0.05
