@@ -23,6 +23,7 @@ from pipelines import feature_store as fs
 from pipelines.config import Settings, Workdir
 from pipelines.lake import Lake
 from training import tracking
+from training.data import sequence_rows
 from training.data import split as make_split
 from training.experiment import ExperimentConfig, ExperimentResult, run
 from training.trainer import infer
@@ -75,8 +76,7 @@ def write_embeddings(workdir: Workdir, settings: Settings, result: ExperimentRes
     sequences = pd.read_parquet(workdir.feature_data / "person_sequence.parquet")
     latest = sequences.sort_values("event_timestamp").groupby("person_id").tail(1)
     rec = result.recommender
-    columns = ["seq_items", "seq_actions", "seq_platforms", "seq_gaps", "seen_items"]
-    rows = [{c: list(v) for c, v in zip(columns, values, strict=True)} for values in zip(*(latest[c] for c in columns))]
+    rows = sequence_rows(latest)
     inputs = rec.vocab.encode_sequences(rows, rec.sequence_length)
     _, mu, _ = infer(rec.vae, inputs)
     fs.write_embeddings(workdir, latest["person_id"].tolist(), mu, version, datetime.now(UTC))

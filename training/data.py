@@ -4,8 +4,9 @@ Protocol (README "Evaluation"): an interaction is a (person, item) pair, first s
 first positive event (ratings count when >= 3.5). When time is known, each person's last new
 item is the test item and up to three before it the validation items (leave-last-out, at least
 one pair left to train on); the training view holds the person's events before the first
-validation item, the test view the events before the test item. When time is unknown (one constant timestamp), a seeded random 20% of
-each person's pairs is the test set and 10% of the rest the validation set. With a target
+validation item, the test view the events before the test item. When time is unknown (one
+constant timestamp), a seeded random 20% of each person's pairs is the test set and 10% of the
+rest the validation set. With a target
 platform, only that platform's pairs are held out.
 """
 
@@ -113,6 +114,26 @@ def _random(
     )
 
 
+SEQUENCE_COLUMNS = ("seq_items", "seq_actions", "seq_platforms", "seq_gaps", "seen_items")
+
+
+def sequence_rows(frame: pd.DataFrame) -> list[dict[str, Any] | None]:
+    """``person_sequence`` rows (the VAE's inputs) from a frame of its columns, as lists; None
+    for a person without a sequence (retrieval found no row)."""
+    rows: list[dict[str, Any] | None] = []
+    for values in zip(*(frame[c] for c in SEQUENCE_COLUMNS), strict=True):
+        if not isinstance(values[0], list | np.ndarray):
+            rows.append(None)
+            continue
+        rows.append(
+            {
+                c: list(v) if isinstance(v, list | np.ndarray) else []
+                for c, v in zip(SEQUENCE_COLUMNS, values, strict=True)
+            }
+        )
+    return rows
+
+
 def without_platforms(events: pd.DataFrame, keep: str) -> pd.DataFrame:
     """Only one platform's events (the single-platform arm of the cross-platform experiment)."""
     return events[events["platform"] == keep]
@@ -198,12 +219,11 @@ class Vocab:
     def encode_bags(self, rows: list[dict[str, Any] | None]) -> np.ndarray:
         """Encoder indices (B, S) of every item each row has seen (``seen_items``, else the
         sequence's items), unknown items as UNKNOWN, padded with PAD to the longest row."""
-        bags = []
+        bags, index = [], self.item_index
         for row in rows:
             seen = None if row is None else row.get("seen_items")
             if seen is None or len(seen) == 0:
                 seen = [] if row is None or row.get("seq_items") is None else row["seq_items"]
-            index = self.item_index
             bags.append([index[i] + 2 if i in index else UNKNOWN for i in dict.fromkeys(seen)])
         out = np.full((len(rows), max([1, *map(len, bags)])), PAD, dtype=np.int64)
         for r, bag in enumerate(bags):

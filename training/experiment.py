@@ -25,7 +25,7 @@ from pipelines import feature_store as fs
 from pipelines.config import Settings, Workdir
 from pipelines.features import FeatureConfig
 from training import baselines, ranker
-from training.data import Split, Vocab, interactions
+from training.data import Split, Vocab, interactions, sequence_rows
 from training.holdout import Holdout, evaluate, pair_features
 from training.metrics import best_f1_threshold, ndcg_at_k, ranking_report, top_k
 from training.ranker import RankerConfig
@@ -100,25 +100,7 @@ class _View:
         frame = fs.historical_features(
             self.store, pd.DataFrame({"person_id": persons, "event_timestamp": at}), fs.VAE_SERVICE
         )
-        return [
-            None
-            if not isinstance(r, list | np.ndarray)
-            else {
-                "seq_items": list(r),
-                "seq_actions": list(a),
-                "seq_platforms": list(p),
-                "seq_gaps": list(g),
-                "seen_items": list(s) if isinstance(s, list | np.ndarray) else [],
-            }
-            for r, a, p, g, s in zip(
-                frame["seq_items"],
-                frame["seq_actions"],
-                frame["seq_platforms"],
-                frame["seq_gaps"],
-                frame["seen_items"],
-                strict=True,
-            )
-        ]
+        return sequence_rows(frame)
 
     def pair_features(
         self, persons: np.ndarray, items: np.ndarray, platforms: np.ndarray, at: np.ndarray
@@ -231,19 +213,13 @@ def run(
     if dense_ease is not None:
         shipped["ease"] = baselines.prune(dense_ease)
     x_valid_bags = x_train[valid_rows]
-    valid_ndcg = {
-        name: float(
-            ndcg_at_k(
-                top_k(
-                    _mask(baselines.scores(x_valid_bags, m), x_valid_bags, vocab.platform_mask(split.target_platform)),
-                    20,
-                ),
-                valid_targets,
-                20,
-            ).mean()
-        )
-        for name, m in shipped.items()
-    }
+    allowed_valid = vocab.platform_mask(split.target_platform)
+
+    def valid_ndcg20(model: Any) -> float:
+        scores = _mask(baselines.scores(x_valid_bags, model), x_valid_bags, allowed_valid)
+        return float(ndcg_at_k(top_k(scores, 20), valid_targets, 20).mean())
+
+    valid_ndcg = {name: valid_ndcg20(m) for name, m in shipped.items()}
     kind = max(valid_ndcg, key=lambda name: (valid_ndcg[name], name == "ease"))
     item_item = shipped[kind]
     _, mu, _ = infer(model, inputs)
