@@ -55,6 +55,14 @@ def lake_of(name: str, base: Path, data_dir: Path) -> tuple[pd.DataFrame, pd.Dat
     return lake.events(), lake.table("items"), lake.table("persons")
 
 
+def _interval(statistic: Any, n: int, draws: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of ``statistic`` (draws x n resampled person indices →
+    draws values), persons resampled with a fixed seed."""
+    values = statistic(np.random.default_rng(0).integers(0, n, (draws, n)))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def versus_best_baseline(
     ranked: dict[str, np.ndarray], relevant: list[set[int]], mask: np.ndarray | None = None, draws: int = 2000
 ) -> dict[str, Any]:
@@ -67,9 +75,7 @@ def versus_best_baseline(
     per = {m: ndcg_at_k(ranked[m][has], rel, 20) for m in ("ease", "itemknn", "vae+ranker") if m in ranked}
     baseline = max((m for m in per if m != "vae+ranker"), key=lambda m: per[m].mean())
     diff = per["vae+ranker"] - per[baseline]
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (draws, len(diff)))].mean(axis=1) if len(diff) else np.zeros(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    lo, hi = _interval(lambda pick: diff[pick].mean(axis=1), len(diff), draws) if len(diff) else (0.0, 0.0)
     base = float(per[baseline].mean()) if len(diff) else 0.0
     return {
         "baseline": baseline,
@@ -89,9 +95,9 @@ def lift_interval(
     rows = np.flatnonzero(mask)
     a = ndcg_at_k(alone.ranked[model][rows], [alone.relevant[i] for i in rows], 20)
     b = ndcg_at_k(both.ranked[model][rows], [both.relevant[i] for i in rows], 20)
-    pick = np.random.default_rng(0).integers(0, len(rows), (draws, len(rows)))
-    ratio = b[pick].mean(axis=1) / np.maximum(a[pick].mean(axis=1), 1e-12) - 1
-    lo, hi = np.percentile(ratio, [2.5, 97.5])
+    lo, hi = _interval(
+        lambda pick: b[pick].mean(axis=1) / np.maximum(a[pick].mean(axis=1), 1e-12) - 1, len(rows), draws
+    )
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
@@ -138,12 +144,9 @@ def douban(base: Path, data_dir: Path, config: ExperimentConfig) -> dict[str, An
             if model in a and model in b and a[model]["ndcg@20"] > 0:
                 lift[f"{group}/{model}"] = round(b[model]["ndcg@20"] / a[model]["ndcg@20"] - 1, 4)
     out["cross_platform_lift_ndcg20"] = lift
-    out["cross_platform_lift_sparse_ci95"] = lift_interval(
-        both, alone, sparse_persons(split, pd.Index(both.holdout.persons))
-    )
-    out["vs_best_baseline_sparse"] = versus_best_baseline(
-        both.ranked, both.relevant, sparse_persons(split, pd.Index(both.holdout.persons))
-    )
+    sparse = sparse_persons(split, pd.Index(both.holdout.persons))
+    out["cross_platform_lift_sparse_ci95"] = lift_interval(both, alone, sparse)
+    out["vs_best_baseline_sparse"] = versus_best_baseline(both.ranked, both.relevant, sparse)
     out["sparse_persons"] = both.breakdown.get(SPARSE, {}).get("vae+ranker", {}).get("persons", 0)
     return out
 
