@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import bentoml
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
@@ -282,7 +282,7 @@ class XInterest:
             where.append(i)
         for i, result in zip(where, engine.recommend_many(asks), strict=True):
             out[i] = InvalidArgument(str(result)) if isinstance(result, UnknownPlatform) else _response(engine, result)
-        return [r if r is not None else RuntimeError("no answer") for r in out]
+        return cast(list[RecommendResponse | Exception], out)  # every entry is set above
 
     @bentoml.api(route="/score")
     def score(
