@@ -63,8 +63,12 @@ def test_target_platform_holds_out_only_that_platform() -> None:
 
 def test_leave_last_out_holds_up_to_three_validation_items_before_the_test_item() -> None:
     s = split(_events(True), seed=0)
+    events = _events(True)
+    pairs = interactions(events).groupby("person_id").size()
+    expected = (pairs[pairs >= 3] - 2).clip(1, 3)  # eligible persons: at least three pairs
     per_person = s.valid.groupby("person_id").size()
-    assert per_person.max() == 3 and per_person.min() >= 1
+    pd.testing.assert_series_equal(per_person.sort_index(), expected.sort_index(), check_names=False)
+    assert per_person.max() == 3
     test_ts = s.test.set_index("person_id")["ts"]
     assert (s.valid["ts"].to_numpy() <= test_ts.reindex(s.valid["person_id"]).to_numpy()).all()
     # every person keeps at least one pair to learn from
