@@ -199,7 +199,7 @@ def ingest(
         old_persons_of = pool.submit(lake.table, "persons")
         items_of = pool.submit(_items, sources, lake)
 
-        run.drop(_in_run_duplicates(run.ids), "duplicates")
+        run.drop(_repeated(events["event_id"], run.keep), "duplicates")
         users = users_of.result()
         bots = flag_bots(users.keys, events["action"], events["ts"], rules, among=run.keep)
         run.quarantine(events.filter(pa.array(bots)), bots, "bot_suspected")
@@ -263,10 +263,6 @@ class _Run:
         self.quarantined.append(batch.quarantined)
         self._batches.append(batch)
         self._source.append(np.full(batch.events.num_rows, list(self.counts).index(source), dtype=np.int32))
-
-    @property
-    def ids(self) -> list[_BatchIds]:
-        return [b.ids for b in self._batches]
 
     def events(self) -> tuple[pa.Table, np.ndarray]:
         """Every batch's rows as one table (``keep``: the valid ones), and their ``ts`` in
@@ -355,7 +351,6 @@ class _Checked:
     valid: np.ndarray
     quarantined: pa.Table
     reasons: Counter[str]
-    ids: _BatchIds  # valid rows' event ids, deduplicated within the batch
     us: np.ndarray  # ts in microseconds
     order: np.ndarray  # the valid rows' positions sorted by ts
 
@@ -364,12 +359,11 @@ def _check_loaded(batch: EventBatch, pseudo: Pseudonymiser, now: pd.Timestamp, r
     events = batch.loaded()
     checked, valid, quarantined, reasons = _check_batch(events, batch.source, batch.path, pseudo, now, rules)
     us, _ = micros(checked["ts"])
-    ids = _BatchIds.of(checked["event_id"], valid)
     # Valid rows only, and not a stable sort: the kept rows' event ids are distinct, so their
     # order by (ts, event id) does not depend on how rows with equal ts come out here.
     rows = np.flatnonzero(valid)
     order = rows[np.argsort(us[rows])]
-    return _Checked(len(events), checked, valid, quarantined, reasons, ids, us, order)
+    return _Checked(len(events), checked, valid, quarantined, reasons, us, order)
 
 
 _ORDERED_COLUMNS = [c for c in EVENT_COLUMNS if c != "person_id"]
@@ -382,67 +376,61 @@ _ENCODED_COLUMNS = [
 ]
 
 
-@dataclass
-class _BatchIds:
-    """The event ids of one batch's valid rows (null elsewhere), dictionary-encoded."""
+def _repeated(values: pa.ChunkedArray, among: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """The rows in ``among`` whose value (not null) a row before them in ``among`` already has.
 
-    ids: pa.ChunkedArray
-    codes: np.ndarray  # per row, -1 for invalid rows
-    distinct: pa.Array
-    first: np.ndarray  # the first row of each id within the batch
-    initials: set[int]  # first byte of each distinct id (-1: empty): equal ids share it
+    Exact, and cheap when repeats are few: a hash of each string's length and first and last
+    eight bytes (equal strings hash alike) is counted in buckets (``2**bits``, default about
+    four per row), three times over different bits of it; only rows that shared a bucket with
+    another every time can repeat a value, and only those are compared as strings, in order."""
+    out = np.zeros(len(among), dtype=bool)
+    hashed = _string_hashes(values)
+    rows = np.flatnonzero(among & numpy_bool(pc.is_valid(values)))
+    for shift in (0, 21, 42) if hashed is not None else ():  # each pass looks at other bits of the hash
+        if len(rows) < 2:
+            return out
+        width = bits if bits is not None else min(22, max(10, len(rows).bit_length() + 2))
+        bucket = ((hashed[rows] >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+        rows = rows[np.bincount(bucket, minlength=1 << width)[bucket] > 1]
+    if len(rows) < 2:
+        return out
+    codes, distinct = dictionary_codes(values.take(pa.array(rows)))
+    out[rows[~first_occurrences(codes, len(distinct))]] = True
+    return out
 
-    @classmethod
-    def of(cls, event_id: pa.ChunkedArray, valid: np.ndarray) -> _BatchIds:
-        ids = pc.if_else(pa.array(valid), event_id, pa.scalar(None, pa.string()))
-        codes, distinct = dictionary_codes(ids)
-        width = np.int64 if pa.types.is_large_string(distinct.type) else np.int32
-        offsets = np.frombuffer(distinct.buffers()[1], dtype=width)[
-            distinct.offset : distinct.offset + len(distinct) + 1
-        ]
-        data = distinct.buffers()[2]
-        bytes_ = np.frombuffer(data, dtype=np.uint8) if data is not None and len(data) else np.zeros(1, np.uint8)
-        initial = np.where(offsets[1:] > offsets[:-1], bytes_[np.minimum(offsets[:-1], len(bytes_) - 1)], -1)
-        return cls(ids, codes, distinct, first_occurrences(codes, len(distinct)), set(np.unique(initial).tolist()))
+
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
 
 
-def _in_run_duplicates(batches: list[_BatchIds]) -> np.ndarray:
-    """Rows whose event id a valid row earlier in the run already has (reading order).
-
-    Batches whose ids start with different bytes cannot share an id: only batches linked by
-    a common first byte are compared (two at once with one lookup, more with one encoding of
-    all their ids), so sources with their own id schemes cost nothing extra.
-    """
-    group = list(range(len(batches)))
-
-    def root(b: int) -> int:
-        while group[b] != b:
-            b = group[b]
-        return b
-
-    owner: dict[int, int] = {}
-    for b, batch in enumerate(batches):
-        for initial in batch.initials:
-            if initial in owner:
-                group[root(b)] = root(owner[initial])
-            else:
-                owner[initial] = b
-    dup = [(batch.codes >= 0) & ~batch.first for batch in batches]
-    members: dict[int, list[int]] = {}
-    for b in range(len(batches)):
-        members.setdefault(root(b), []).append(b)
-    for linked in members.values():
-        if len(linked) == 2:
-            earlier, later = (batches[b] for b in linked)
-            seen = numpy_bool(pc.is_in(later.distinct, value_set=earlier.distinct))
-            dup[linked[1]] |= (later.codes >= 0) & seen[np.maximum(later.codes, 0)] if len(seen) else False
-        elif len(linked) > 2:
-            codes, distinct = dictionary_codes(pa.chunked_array([c for b in linked for c in batches[b].ids.chunks]))
-            repeated = (codes >= 0) & ~first_occurrences(codes, len(distinct))
-            bounds = np.cumsum([0] + [len(batches[b].codes) for b in linked])
-            for i, b in enumerate(linked):
-                dup[b] = repeated[bounds[i] : bounds[i + 1]]
-    return np.concatenate(dup) if dup else np.zeros(0, dtype=bool)
+def _string_hashes(values: pa.ChunkedArray) -> np.ndarray | None:
+    """A 64-bit hash of every string (any value for nulls) from its length and its first and
+    last eight bytes, so equal strings always hash alike; None if the column is not strings."""
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return None
+    parts = []
+    for chunk in values.chunks:
+        n = len(chunk)
+        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset : chunk.offset + n + 1].astype(np.int64)
+        data = chunk.buffers()[2]
+        lo, hi = (int(offsets[0]), int(offsets[-1])) if n else (0, 0)
+        padded = np.zeros(hi - lo + 8, dtype=np.uint8)  # every 8-byte read below stays inside
+        if data is not None and hi > lo:
+            padded[: hi - lo] = np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo)
+        words = np.ndarray((hi - lo + 1,), dtype="<u8", buffer=padded, strides=(1,))  # a word at every byte
+        starts, length = offsets[:-1] - lo, np.diff(offsets)
+        short = length < 8
+        # A string under eight bytes: its bytes only (the word reads on into the next string).
+        low_bytes = (np.uint64(1) << (8 * np.minimum(length, 7)).astype(np.uint64)) - np.uint64(1)
+        head = words[starts] & np.where(short, low_bytes, ~np.uint64(0))
+        tail = np.where(short, head, words[np.maximum(starts + length - 8, starts)]) * _MIX[1]
+        h = head * _MIX[0] ^ (tail >> np.uint64(31) | tail << np.uint64(33))
+        h ^= length.astype(np.uint64) * _MIX[2]
+        h ^= h >> np.uint64(29)
+        h *= _MIX[1]
+        h ^= h >> np.uint64(32)
+        parts.append(h)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def _check_batch(

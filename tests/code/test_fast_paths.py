@@ -214,23 +214,27 @@ def test_commit_writes_the_same_bytes_for_sorted_and_unsorted_partitions(tmp_pat
     assert pq.read_table(tmp_path / "lake" / name).num_rows == 3
 
 
-def test_in_run_duplicates_match_one_pass_over_all_batches() -> None:
-    """Batches are compared only when their ids can collide; the answer is the global one."""
-    from pipelines.ingest import _BatchIds, _in_run_duplicates
+@pytest.mark.parametrize("bits", [None, 1, 4])
+def test_repeated_ids_match_one_pass_over_all_batches(bits: int | None) -> None:
+    """Rows whose id an earlier kept row has, over batches (chunks) of ids of any length;
+    few buckets (``bits``) make every row a candidate: the answer must not change."""
+    from pipelines.ingest import _repeated
 
     rng = random.Random(3)
     for _ in range(50):
-        batches, everything = [], []
+        chunks, everything, among = [], [], []
         for _ in range(rng.randint(1, 5)):
-            prefix = rng.choice(["e", "h", "x"])
+            prefix = rng.choice(["e", "h", "x", "longer-prefix-", "é"])
             ids = [None if rng.random() < 0.1 else f"{prefix}{rng.randint(0, 30)}" for _ in range(rng.randint(0, 40))]
-            valid = np.array([rng.random() > 0.2 for _ in ids], dtype=bool)
-            batches.append(_BatchIds.of(pa.chunked_array([pa.array(ids, pa.string())]), valid))
+            valid = [rng.random() > 0.2 for _ in ids]
+            chunks.append(pa.array(["padding", *ids], pa.string()).slice(1))  # a chunk with an offset
             everything += [i if v else None for i, v in zip(ids, valid, strict=True)]
+            among += valid
         seen: set[str] = set()
         expected = []
         for value in everything:
             expected.append(value is not None and value in seen)
             if value is not None:
                 seen.add(value)
-        assert _in_run_duplicates(batches).tolist() == expected
+        values = pa.chunked_array(chunks, pa.string())
+        assert _repeated(values, np.array(among, dtype=bool), bits=bits).tolist() == expected
