@@ -182,6 +182,12 @@ def ingest(
             for source in sources
             for batch in source.batches
         ]
+        # What depends only on the sources and the lake runs beside the checks (a spare worker
+        # while the others wait for their files): the sources' identity links, the items, the
+        # lake's person map.
+        sourced_links = pool.submit(_source_links, sources, pseudo)
+        items_of = pool.submit(_items, sources, lake)
+        old_persons_of = pool.submit(lake.table, "persons")
         run = _Run()
         for source_name, path, check in checks:
             bar.update(task, description=f"ingest: {source_name} ({path.name})")
@@ -192,12 +198,9 @@ def ingest(
         days = us // DAY_US
         # What needs no mask starts now, in threads, beside the checks below: the valid rows put
         # in the lake's order (Arrow, without the GIL; rows dropped below are left out of each
-        # date when it is written), one integer per user, the sources' identity links.
+        # date when it is written), one integer per user.
         ordered = pool.submit(run.in_order)
         users_of = pool.submit(UserKeys.of, events["platform"], events["user_id"])
-        sourced_links = pool.submit(_source_links, sources, pseudo)
-        old_persons_of = pool.submit(lake.table, "persons")
-        items_of = pool.submit(_items, sources, lake)
 
         run.drop(_repeated(events["event_id"], run.keep), "duplicates")
         users = users_of.result()
@@ -222,7 +225,11 @@ def ingest(
         persons, person_of_row, remap = _identities(users, run.keep, links, old_persons_of.result(), pseudo)
         items_counts, items = items_of.result()
         order, table = ordered.result()
-        person_ids = pa.array(persons["person_id"].to_numpy(), pa.string())
+        # One dictionary entry per person (the map has a row per node, persons repeat), so that
+        # each date's person ids are numbered without going back to their strings.
+        person_code, person_ids = dictionary_codes(pa.array(persons["person_id"].to_numpy(), pa.string()))
+        if len(person_code):  # rows not kept stay at -1
+            person_of_row = np.where(person_of_row >= 0, person_code[np.maximum(person_of_row, 0)], -1)
         fresh = _fresh_partitions(table, days[order], run.keep[order], person_of_row[order], person_ids)
         changed = lake.commit(
             partitions=_partitions(lake, fresh, persons, remap),
