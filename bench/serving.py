@@ -4,7 +4,10 @@ The service runs as `bentoml serve` (its own process); a separate load process k
 number of requests in flight (1, 8, 32) for a fixed time and records each latency. The load
 process is a plain HTTP/1.1 client (asyncio protocol, one keep-alive connection per request in
 flight, each response read whole and its JSON parsed): it costs ~0.1 ms of CPU per request,
-about a tenth of httpx's, which matters when it shares the machine's cores with the server. Every
+about a tenth of httpx's, which matters when it shares the machine's cores with the server. A
+response with ``Connection: close`` (the service moving a connection to a less busy worker,
+serving/balance.py) makes it reconnect, as HTTP/1.1 clients do; the reconnection is in that
+request's latency, and ``connections`` counts the connections a level opened. Every
 request is ``{"person_id": ..., "k": 20, "target_platform": ...}`` for a known person: the
 full path (online features, VAE, candidates, re-ranking).
 
@@ -200,7 +203,7 @@ class Connection(asyncio.Protocol):
     # One keep-alive HTTP/1.1 connection: each request is written whole and its response read
     # whole (status line, headers, the Content-Length bytes of body) before the next one.
     def __init__(self):
-        self.buffer, self.waiter, self.transport = bytearray(), None, None
+        self.buffer, self.waiter, self.transport, self.closing = bytearray(), None, None, False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -219,6 +222,7 @@ class Connection(asyncio.Protocol):
         if len(self.buffer) >= end:
             body = bytes(self.buffer[head_end + 4 : end])
             del self.buffer[:end]
+            self.closing = b"\r\nconnection: close" in head
             self._finish((int(head[9:12]), body))
 
     def _finish(self, result=None, error=None):
@@ -243,16 +247,17 @@ async def main(url, requests, concurrency, seconds):
         for body in (json.dumps(r).encode() for r in requests)
     ]
     loop = asyncio.get_running_loop()
-    latencies, errors = [], 0
+    latencies, errors, reconnects = [], 0, 0
     stop = time.perf_counter() + seconds
 
     async def worker(offset):
-        nonlocal errors
+        nonlocal errors, reconnects
         conn, i = None, offset
         while time.perf_counter() < stop:
+            t = time.perf_counter()  # a request's latency holds its (re)connection, if any
             if conn is None:
                 conn = (await loop.create_connection(Connection, host, int(port)))[1]
-            t = time.perf_counter()
+                reconnects += 1
             try:
                 status, body = await conn.request(payloads[i % len(payloads)])
             except (OSError, RuntimeError):
@@ -261,6 +266,9 @@ async def main(url, requests, concurrency, seconds):
                 conn = None
                 continue
             elapsed = time.perf_counter() - t
+            if conn.closing:  # the server asked this connection to move (serving/balance.py)
+                conn.transport.close()
+                conn = None
             if status == 200 and json.loads(body)["items"]:
                 latencies.append(elapsed)
             else:
@@ -272,7 +280,7 @@ async def main(url, requests, concurrency, seconds):
     started = time.perf_counter()
     await asyncio.gather(*(worker(o) for o in range(concurrency)))
     elapsed = time.perf_counter() - started
-    print(json.dumps({"latencies": latencies, "errors": errors, "elapsed": elapsed}))
+    print(json.dumps({"latencies": latencies, "errors": errors, "elapsed": elapsed, "connections": reconnects}))
 
 
 url, path, concurrency, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -297,6 +305,7 @@ def drive(url: str, requests_path: Path, concurrency: int, seconds: float) -> di
         "concurrency": concurrency,
         "requests": len(ms),
         "errors": result["errors"],
+        "connections": result["connections"],
         "rps": len(ms) / result["elapsed"],
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),

@@ -348,3 +348,15 @@ class XInterest:
             pushed=pushed,
             event_ids=[w["event_id"] for w in written],
         )
+
+
+def _rebalancing() -> None:
+    """Connections move off a worker that is busier than another (:mod:`serving.balance`);
+    ``XINTEREST_REBALANCE=0`` turns it off (behind a load balancer that spreads requests)."""
+    from serving.balance import Rebalance
+
+    if os.environ.get("XINTEREST_REBALANCE", "1") != "0":
+        XInterest.add_asgi_middleware(Rebalance, workers=worker_count())
+
+
+_rebalancing()
