@@ -347,9 +347,9 @@ class OnlineReader:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             path = SqliteOnlineStore._get_db_path(self.config)
-            conn = self._local.conn = sqlite3.connect(
-                path, detect_types=sqlite3.PARSE_DECLTYPES, check_same_thread=False
-            )
+            # No detect_types: sqlite3 would convert the timestamp of every (entity, feature)
+            # row; one per entity is converted below, as Feast's converter does.
+            conn = self._local.conn = sqlite3.connect(path, check_same_thread=False)
         spec = self.views[view]
         table = _table_id(self.config.project, spec.view, self.config.registry.enable_online_feature_view_versioning)
         version = self.config.entity_key_serialization_version
@@ -372,7 +372,7 @@ class OnlineReader:
             proto.ParseFromString(value)
             entry = found.get(key)
             if entry is None:  # one timestamp per entity row: parse it once (Feast stores UTC, naive)
-                stamp = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+                stamp = _stored_time(ts)
                 entry = found[key] = (
                     stamp.replace(tzinfo=UTC) if stamp is not None and stamp.tzinfo is None else stamp,
                     {},
@@ -426,6 +426,18 @@ class OnlineReader:
             odfv = self._odfvs[name] = self.store.get_on_demand_feature_view(name)
         result = odfv.feature_transformation.udf({k: [v] for k, v in inputs.items()})
         return {f: result[f][0] for f in features}
+
+
+def _stored_time(ts: Any) -> datetime | None:
+    """An ``event_ts`` of Feast's SQLite tables as Feast's own ``timestamp`` converter reads it
+    (epoch seconds, written from naive UTC times by Feast's adapter), or an ISO string."""
+    if ts is None or isinstance(ts, datetime):
+        return ts
+    if isinstance(ts, bytes):
+        ts = ts.decode()
+    if isinstance(ts, str) and not ts.isdigit():
+        return datetime.fromisoformat(ts)
+    return datetime.fromtimestamp(int(ts))
 
 
 _LISTS = frozenset(
