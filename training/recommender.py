@@ -185,16 +185,20 @@ class Recommender:
         blocked = np.zeros(logits.shape, dtype=bool)
         if len(seen) <= _FEW:
             # A few persons (the service): sum the item-item rows of their seen items directly,
-            # in the order (ascending item) and precision the sparse product would use.
+            # in the order (ascending item, then the row's own order: np.add.at adds in turn)
+            # and precision the sparse product would use.
             item_item = np.zeros(logits.shape, dtype=np.float32)
             m, index = self.item_item, self.vocab.item_index
             acc = np.zeros(m.shape[1], dtype=np.result_type(np.float32, m.dtype))
             for r, items in enumerate(seen):
                 rows = sorted({j for j in (index.get(i) for i in items) if j is not None})
                 acc[:] = 0
-                for j in rows:
-                    lo, hi = m.indptr[j], m.indptr[j + 1]
-                    acc[m.indices[lo:hi]] += m.data[lo:hi]
+                if rows:
+                    at = np.asarray(rows, dtype=np.intp)
+                    starts, lengths = m.indptr[at], m.indptr[at + 1] - m.indptr[at]
+                    # every stored position of those rows, row after row
+                    where = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+                    np.add.at(acc, m.indices[where], m.data[where])
                 item_item[r] = acc
                 if exclude_seen:
                     blocked[r, rows] = True

@@ -43,3 +43,24 @@ def test_per_person_candidates_match_the_batch_path() -> None:
             scored = rec.candidates([b], [set()], items=given.items[b : b + 1])
             np.testing.assert_array_equal(scored.vae_rank[0], given.vae_rank[b])
             np.testing.assert_array_equal(scored.item_item_rank[0], given.item_item_rank[b])
+
+
+def test_item_item_scores_of_a_few_persons_are_the_sparse_products_bit_for_bit() -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n = 300
+    rec = object.__new__(Recommender)
+    rec.item_item = sp.random(n, n, density=0.1, format="csr", dtype=np.float32, random_state=1)
+    rec.vocab = type("Vocab", (), {"item_index": {f"i{j}": j for j in range(n)}, "n_items": n})()
+    seen = [{f"i{j}" for j in rng.choice(n, size, replace=False)} | {"unknown"} for size in (0, 1, 7, 60, 299)]
+    seen += [set(s) for s in seen] * 2  # more than _FEW persons: the sparse product
+    assert len(seen) > _FEW
+    logits = np.zeros((len(seen), n), np.float32)
+    encoded = (logits, logits[:, :3], logits[:, :3], np.zeros((len(seen), 3), np.int64))
+    _, product, blocked_all, *_ = rec._scores([None] * len(seen), seen, None, True, encoded)
+    for r in range(5):
+        one = tuple(part[r : r + 1] for part in encoded)
+        _, direct, blocked, *_ = rec._scores([None], [seen[r]], None, True, one)
+        np.testing.assert_array_equal(direct[0], product[r])
+        np.testing.assert_array_equal(blocked[0], blocked_all[r])
