@@ -24,7 +24,7 @@ from training import ranker
 from training.data import Vocab
 from training.metrics import top_k
 from training.trainer import infer
-from training.vae import AttentionPool, AttentionVAE, VAEConfig
+from training.vae import AttentionVAE, VAEConfig
 
 _FEW = 8  # up to this many persons at once, candidates come from per-row shortcuts
 _ROWS_APART = threading.local()  # .on: the VAE's per-person layers run one row at a time
@@ -152,11 +152,12 @@ class Recommender:
             logits, mu, attention = infer(self.vae, inputs)
             return logits, mu, attention, inputs["items"]
         if not getattr(self.vae, "_rows_apart", False):
-            # The per-person layers and the attention pooling (a product with one query
-            # vector) a person at a time; the event embeddings and the Transformer layers (the
-            # bulk of the work) see the whole batch, row for row the same (tested).
+            # The linear layers a person at a time (their products round differently for one
+            # person's rows than for several persons'); the event embeddings, the Transformer
+            # layers and the rest of the attention pooling see the whole batch, row for row the
+            # same (tested).
             for module in self.vae.modules():
-                if isinstance(module, torch.nn.Linear | AttentionPool):
+                if isinstance(module, torch.nn.Linear):
                     module.forward = _row_at_a_time(module.forward)
             self.vae._rows_apart = True
         _ROWS_APART.on = True

@@ -93,7 +93,10 @@ class AttentionPool(nn.Module):
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # h (B, T, D); mask (B, T) True where there is an event
-        scores = self.key(h) @ self.query / math.sqrt(h.shape[-1])  # (B, T)
+        # A product and a sum over D, not ``@ self.query``: that matrix-vector product's
+        # rounding depends on how many persons' events it sees at once, this one's does not
+        # (the service encodes the requests in flight together, each as alone).
+        scores = (self.key(h) * self.query).sum(dim=-1) / math.sqrt(h.shape[-1])  # (B, T)
         scores = scores.masked_fill(~mask, float("-inf"))
         empty = ~mask.any(dim=1, keepdim=True)  # persons with no events pool to zeros
         weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=1) * mask  # (B, T)
