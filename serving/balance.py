@@ -7,10 +7,10 @@ requests while the other worker idled. The requests of a keep-alive connection n
 
 :class:`Rebalance` moves them: every worker keeps its number of requests in flight, and a
 moving average of it, in a small file shared by the service's workers (one slot per worker);
-a worker whose average is ``MARGIN`` above the least busy worker's answers one response with
-``Connection: close``. The client reconnects (HTTP/1.1 clients do so by themselves), and the
-least busy worker, idle in its event loop, is the one that accepts first. Under an even load
-nothing is closed. ``XINTEREST_REBALANCE=0`` turns it off.
+a worker whose average is ``MARGIN`` (and a quarter of itself) above the least busy worker's
+answers one response with ``Connection: close``. The client reconnects (HTTP/1.1 clients do so
+by themselves), and the least busy worker, idle in its event loop, is the one that accepts
+first. Under an even load nothing is closed. ``XINTEREST_REBALANCE=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Any
 
 SLOT = struct.Struct("qdd")  # requests in flight now, their moving average, when it was taken
 TAU = 0.05  # seconds: the moving average's time constant (a batch takes ~10-20 ms)
-MARGIN = 1.5  # close when the average here is this much above the least busy worker's
+MARGIN = 1.5  # close when the average here is this much above the least busy worker's ...
+SHARE = 0.25  # ... and at least this share of the average here (no churn under a heavy, even load)
 
 
 class WorkerLoad:
@@ -80,13 +81,13 @@ class WorkerLoad:
         return out
 
     def move_one(self) -> bool:
-        """Whether a connection should move off this worker (its average is ``MARGIN`` above the
-        least busy worker's); when so, the one it moves is taken off its average at once, so
+        """Whether a connection should move off this worker (its average is ``MARGIN``, and
+        ``SHARE`` of itself, above the least busy worker's); when so, the one it moves is taken off its average at once, so
         that one imbalance closes one connection, not as many as answer before the average
         catches up."""
         loads = self.loads()
         others = loads[: self.index] + loads[self.index + 1 :]
-        if not others or loads[self.index] - min(others) < MARGIN:
+        if not others or loads[self.index] - min(others) < max(MARGIN, SHARE * loads[self.index]):
             return False
         self._change(0)
         self.average = max(0.0, self.average - 1)

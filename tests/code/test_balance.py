@@ -98,3 +98,17 @@ def test_the_middleware_closes_a_connection_only_on_the_busier_worker(tmp_path: 
     assert body["body"] == b"{}"
     assert (busy.moved, idle.moved) == (1, 0)
     assert a.mine == 3 and b.mine == 0  # each request left its count as it found it
+
+
+def test_under_a_heavy_load_a_small_difference_moves_nothing(tmp_path: Path) -> None:
+    a, b = _pair(tmp_path)
+    for _ in range(16):
+        a.enter()
+    for _ in range(14):
+        b.enter()
+    time.sleep(SETTLE)
+    assert not a.move_one()  # 2 more, but an eighth of 16: reconnecting would cost more than it moves
+    for _ in range(4):
+        b.leave()
+    time.sleep(SETTLE)
+    assert a.move_one()  # 16 against 10
