@@ -207,9 +207,6 @@ def ingest(
         bots = flag_bots(users.keys, events["action"], events["ts"], rules, among=run.keep)
         run.quarantine(events.filter(pa.array(bots)), bots, "bot_suspected")
         run.drop(bots, None)
-        # Every quarantined row is known: its file is encoded in the background (written only
-        # once the lake committed).
-        quarantine_data = pool.submit(_quarantine_data, list(run.quarantined))
         touched = _date_names(np.sort(pc.unique(pa.array(days[run.keep])).to_numpy()))
         in_lake = lake.events_table(columns=["event_id"], dates=touched)["event_id"]
         dup_lake = np.zeros(len(run.keep), dtype=bool)
@@ -231,6 +228,10 @@ def ingest(
         if len(person_code):  # rows not kept stay at -1
             person_of_row = np.where(person_of_row >= 0, person_code[np.maximum(person_of_row, 0)], -1)
         fresh = _fresh_partitions(table, days[order], run.keep[order], person_of_row[order], person_ids)
+        # Every quarantined row has long been known; its file (pandas, holding the GIL) is encoded
+        # beside the commit, whose writers mostly run without the GIL, rather than beside the
+        # identity steps above; it is written only once the lake committed.
+        quarantine_data = pool.submit(_quarantine_data, list(run.quarantined))
         changed = lake.commit(
             partitions=_partitions(lake, fresh, persons, remap),
             tables={"persons": persons, "links": links, "items": items},
