@@ -136,9 +136,10 @@ class Lake:
         current = self.manifest()
         new = Manifest(current.version, dict(current.partitions), dict(current.tables))
         jobs: list[tuple[dict[str, str], str, str, Callable[[], pa.Table | None]]] = []
+        checked = _UniqueDictionaries()  # partitions often share their columns' dictionaries
         for date, table in (partitions or {}).items():
             build = table if callable(table) else partial(_as_is, table)  # empty: removed below
-            jobs.append((new.partitions, date, f"events/date={date}/part", partial(_built_in_order, build)))
+            jobs.append((new.partitions, date, f"events/date={date}/part", partial(_built_in_order, build, checked)))
         for name, frame in (tables or {}).items():
             jobs.append(
                 (new.tables, name, f"tables/{name}", partial(pa.Table.from_pandas, frame, preserve_index=False))
@@ -216,10 +217,27 @@ def _as_is(table: pa.Table) -> pa.Table:
     return table
 
 
-def _built_in_order(build: Callable[[], pa.Table]) -> pa.Table | None:
+def _built_in_order(build: Callable[[], pa.Table], checked: _UniqueDictionaries | None = None) -> pa.Table | None:
     """A partition built by ``build`` as stored (see :func:`_lake_order`); None if it is empty."""
     table = build()
-    return _lake_order(table) if table.num_rows else None
+    return _lake_order(table, checked) if table.num_rows else None
+
+
+class _UniqueDictionaries:
+    """Whether dictionaries hold each value once, each dictionary checked once: the dates of one
+    commit are slices of the same columns, with the same dictionaries. Each entry keeps its
+    dictionary alive, so that no other array can take its buffers' place while it is known."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, ...], tuple[pa.Array, bool]] = {}
+
+    def unique(self, dictionary: pa.Array) -> bool:
+        key = (dictionary.offset, len(dictionary), *(b.address if b is not None else 0 for b in dictionary.buffers()))
+        known = self._known.get(key)
+        if known is None:
+            known = (dictionary, pc.count_distinct(dictionary).as_py() == len(dictionary))
+            self._known[key] = known
+        return known[1]
 
 
 # Columns whose values repeat within a date: stored dictionary-encoded (the strings among them
@@ -231,7 +249,7 @@ _STORED_SCHEMA = pa.schema(
 )
 
 
-def _lake_order(table: pa.Table) -> pa.Table:
+def _lake_order(table: pa.Table, checked: _UniqueDictionaries | None = None) -> pa.Table:
     """A partition as stored: the contract's columns and types, sorted by ``ts`` then
     ``event_id``, in one chunk, the repeating strings dictionary-encoded in order of first
     appearance (so the same rows always make the same bytes, whether their strings came plain
@@ -248,12 +266,13 @@ def _lake_order(table: pa.Table) -> pa.Table:
     if not _sorted(table):  # ingest hands over sorted slices: checking is linear, sorting is not
         table = table.sort_by([("ts", "ascending"), ("event_id", "ascending")])
     columns = [
-        _first_appearance(table[c]) if c in _DICTIONARY_STRINGS else table[c].combine_chunks() for c in EVENT_COLUMNS
+        _first_appearance(table[c], checked) if c in _DICTIONARY_STRINGS else table[c].combine_chunks()
+        for c in EVENT_COLUMNS
     ]
     return pa.Table.from_arrays(columns, schema=_STORED_SCHEMA)
 
 
-def _first_appearance(values: pa.ChunkedArray) -> pa.DictionaryArray:
+def _first_appearance(values: pa.ChunkedArray, checked: _UniqueDictionaries | None = None) -> pa.DictionaryArray:
     """A string column, plain or dictionary-encoded, as one dictionary array holding the values
     that occur, in order of first appearance (what dictionary-encoding the plain strings gives)."""
     if not pa.types.is_dictionary(values.type):
@@ -265,7 +284,10 @@ def _first_appearance(values: pa.ChunkedArray) -> pa.DictionaryArray:
     # Number the entries in use by first appearance: a pass over integers, not strings.
     used = pc.dictionary_encode(pa.concat_arrays([chunk.indices for chunk in chunks]))
     occurring = dictionary.take(used.dictionary)
-    if pc.count_distinct(occurring).as_py() != len(occurring):  # one value at two entries
+    # A dictionary known to hold each value once needs no look at the values that occur.
+    if not (checked is not None and checked.unique(dictionary)) and pc.count_distinct(occurring).as_py() != len(
+        occurring
+    ):  # one value at two entries
         return pc.dictionary_encode(pc.cast(values, pa.string()).combine_chunks())
     return pa.DictionaryArray.from_arrays(pc.cast(used.indices, pa.int32()), occurring)
 

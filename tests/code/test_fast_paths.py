@@ -238,3 +238,38 @@ def test_repeated_ids_match_one_pass_over_all_batches(bits: int | None) -> None:
                 seen.add(value)
         values = pa.chunked_array(chunks, pa.string())
         assert _repeated(values, np.array(among, dtype=bool), bits=bits).tolist() == expected
+
+
+@pytest.mark.parametrize("repeated_value", [False, True])
+def test_dates_sharing_dictionaries_are_stored_alike_with_the_uniqueness_check_shared(repeated_value: bool) -> None:
+    """Slices of one dictionary-encoded table (a commit's dates) give the same stored tables
+    whether each dictionary is checked once for the commit or once per date, also when a
+    dictionary holds a value twice."""
+    from pipelines.lake import _lake_order, _UniqueDictionaries
+
+    rng = random.Random(5)
+    n = 300
+    values = pa.array(["a", "b", "c", "a" if repeated_value else "d"], pa.string())
+
+    def column() -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array([rng.randrange(4) for _ in range(n)], pa.int32()), values)
+
+    table = pa.table(
+        {
+            "event_id": pa.array([f"e{i:04d}" for i in range(n)], pa.string()),
+            "platform": column(),
+            "user_id": column(),
+            "person_id": column(),
+            "item_id": column(),
+            "action": column(),
+            "value": pa.array([float(i % 7) for i in range(n)], pa.float64()),
+            "text": column(),
+            "ts": pa.array(sorted(rng.randrange(10**12) for _ in range(n)), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    checked = _UniqueDictionaries()
+    for lo, hi in ((0, 100), (100, 180), (180, n)):
+        part = table.slice(lo, hi - lo)
+        stored = _lake_order(part, checked)
+        assert stored.equals(_lake_order(part))
+        assert stored.equals(_lake_order(part.cast(EVENTS_SCHEMA)))
