@@ -87,30 +87,59 @@ class FeedbackResponse(BaseModel):
 class InFlight:
     """The requests in flight in one worker, answered together: while a batch runs (on the
     model thread), the requests that arrive wait; when it ends, those waiting (up to
-    ``limit``) go as the next batch. Nothing waits for a batch to fill: a request alone goes
-    at once. ``run`` answers a batch with one result (or exception) per request."""
+    ``limit``) go as the next batch.
 
-    def __init__(self, run: Callable[[list[Any]], list[Any]], limit: int = 8) -> None:
+    The clients of a batch send their next requests as soon as they have their answers, a
+    fraction of a millisecond apart; the first of them would go alone, and the others as a
+    second batch, each batch paying the VAE's and the booster's fixed cost. So the next batch
+    waits for as many requests as the last one had, for at most ``window`` seconds: a client
+    alone (the last batch had one request) never waits, and when clients leave, one wait of
+    ``window`` shrinks the expectation to the batch that came. ``run`` answers a batch with
+    one result (or exception) per request."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], limit: int = 8, window: float = 0.002) -> None:
         self._run = run
         self._limit = limit
+        self._window = window
+        self._expect = 1  # requests the next batch waits for: the size of the last batch
         self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._full: asyncio.Future[None] | None = None  # set when as many as expected are waiting
         self._draining = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.batches = 0
+        self.requests = 0
 
     async def submit(self, request: Any) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((request, future))
+        if self._full is not None and not self._full.done() and len(self._waiting) >= self._expect:
+            self._full.set_result(None)
         if not self._draining:
             self._draining = True
             loop.create_task(self._drain())
         return await future
 
+    async def _gathered(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until as many requests as the last batch had are waiting, or ``window`` has passed."""
+        if len(self._waiting) >= min(self._expect, self._limit):
+            return
+        self._full = loop.create_future()
+        try:
+            await asyncio.wait_for(self._full, self._window)
+        except TimeoutError:
+            pass
+        finally:
+            self._full = None
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._waiting:
+                await self._gathered(loop)
                 batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
+                self._expect = len(batch)
+                self.batches, self.requests = self.batches + 1, self.requests + len(batch)
                 try:
                     results = await loop.run_in_executor(self._thread, self._run, [r for r, _ in batch])
                 except Exception as e:  # the whole batch failed: every request gets the error
