@@ -9,65 +9,69 @@ from typing import Any
 
 import pytest
 
-from serving.balance import TAU, Rebalance, WorkerLoad
-
-SETTLE = 12 * TAU  # the moving averages are within e^-12 of the counts
+from serving.balance import IDLE, Rebalance, WorkerConnections
 
 
-def _pair(tmp_path: Path) -> tuple[WorkerLoad, WorkerLoad]:
-    path = tmp_path / "load.bin"
-    return WorkerLoad(path, 0, 2), WorkerLoad(path, 1, 2)
+def _pair(tmp_path: Path) -> tuple[WorkerConnections, WorkerConnections]:
+    path = tmp_path / "connections.bin"
+    return WorkerConnections(path, 0, 2), WorkerConnections(path, 1, 2)
 
 
-def test_each_worker_sees_the_others_moving_average(tmp_path: Path) -> None:
+def _clients(n: int, start: int = 0) -> list[tuple[str, int]]:
+    return [("127.0.0.1", 40000 + i) for i in range(start, start + n)]
+
+
+def test_each_worker_sees_the_others_connections_and_a_connection_counts_once(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
-    for _ in range(5):
-        a.enter()
-    b.enter()
-    time.sleep(SETTLE)
-    loads = b.loads()
-    assert loads == pytest.approx([5, 1], abs=0.01)
-    assert a.loads() == pytest.approx(loads, abs=0.01)
+    for client in _clients(5) + _clients(5):  # each client twice: still five connections
+        a.seen(client)
+    b.seen(_clients(1, 100)[0])
+    assert a.counts() == b.counts() == [5, 1]
 
 
-def test_only_the_busier_worker_moves_and_one_imbalance_moves_one_connection(tmp_path: Path) -> None:
+def test_connections_move_off_the_busier_worker_until_the_spread_is_even(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
-    for _ in range(3):
-        a.enter()
-    b.enter()
-    time.sleep(SETTLE)
-    assert not b.move_one()
-    assert a.move_one()  # 3 against 1: one connection moves ...
-    assert not a.move_one()  # ... and its leaving is counted at once: 2 against 1 is even enough
-    a.leave()
-    b.enter()
-    time.sleep(SETTLE)
-    assert not a.move_one() and not b.move_one()
+    on_a, on_b = _clients(7), _clients(1, 100)
+    for client in on_a:
+        a.seen(client)
+    for client in on_b:
+        b.seen(client)
+    assert not b.move(on_b[0])
+    moved = 0
+    for client in on_a:  # a's clients' next answers, one after the other
+        if a.move(client):
+            b.seen(client)  # it reconnects to b
+            moved += 1
+    assert moved == 3 and a.counts() == [4, 4]
+    assert not any(w.move(c) for w, cs in ((a, on_a[3:]), (b, on_b)) for c in cs)  # even: nothing moves
 
 
-def test_a_short_dip_between_batches_is_not_an_imbalance(tmp_path: Path) -> None:
+def test_a_small_difference_moves_nothing_and_idle_connections_stop_counting(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
-    for w in (a, b):
-        for _ in range(4):
-            w.enter()
-    time.sleep(SETTLE)
-    for _ in range(3):  # b answers a batch; its clients' next requests are not in yet
-        b.leave()
-    assert not a.move_one()
+    for client in _clients(5):
+        a.seen(client)
+    for client in _clients(4, 100):
+        b.seen(client)
+    assert not a.move(_clients(1)[0])  # 5 against 4
+    time.sleep(IDLE * 1.2)
+    for client in _clients(2):  # three of a's connections have gone quiet
+        a.seen(client)
+    time.sleep(IDLE / 4)
+    a.seen(_clients(1)[0])
+    assert a.counts()[0] == 2
 
 
 def test_a_restarted_worker_starts_from_zero(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
-    for _ in range(6):
-        b.enter()
-    time.sleep(SETTLE)
-    b = WorkerLoad(tmp_path / "load.bin", 1, 2)
-    assert b.loads()[1] == 0
+    for client in _clients(6):
+        b.seen(client)
+    b = WorkerConnections(tmp_path / "connections.bin", 1, 2)
+    assert a.counts() == [0, 0]
     with pytest.raises(ValueError, match="outside"):
-        WorkerLoad(tmp_path / "load.bin", 2, 2)
+        WorkerConnections(tmp_path / "connections.bin", 2, 2)
 
 
-def _request(middleware: Rebalance) -> list[dict[str, Any]]:
+def _request(middleware: Rebalance, client: tuple[str, int]) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -76,7 +80,7 @@ def _request(middleware: Rebalance) -> list[dict[str, Any]]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(middleware({"type": "http", "path": "/recommend"}, receive, send))
+    asyncio.run(middleware({"type": "http", "path": "/recommend", "client": list(client)}, receive, send))
     return sent
 
 
@@ -88,27 +92,11 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def test_the_middleware_closes_a_connection_only_on_the_busier_worker(tmp_path: Path) -> None:
     a, b = _pair(tmp_path)
     busy, idle = Rebalance(_app, workers=2), Rebalance(_app, workers=2)
-    busy.load, idle.load = a, b
-    for _ in range(3):
-        a.enter()  # three requests of other connections in flight on a, none on b
-    time.sleep(SETTLE)
-    assert (b"connection", b"close") not in _request(idle)[0]["headers"]
-    start, body = _request(busy)
-    assert (b"connection", b"close") in start["headers"]
-    assert body["body"] == b"{}"
+    busy.connections, idle.connections = a, b
+    for client in _clients(2):
+        a.seen(client)  # two other connections on a, none on b
+    assert (b"connection", b"close") not in _request(idle, _clients(1, 100)[0])[0]["headers"]
+    start, body = _request(busy, _clients(1, 50)[0])  # a third connection on a, one on b
+    assert (b"connection", b"close") in start["headers"] and body["body"] == b"{}"
     assert (busy.moved, idle.moved) == (1, 0)
-    assert a.mine == 3 and b.mine == 0  # each request left its count as it found it
-
-
-def test_under_a_heavy_load_a_small_difference_moves_nothing(tmp_path: Path) -> None:
-    a, b = _pair(tmp_path)
-    for _ in range(16):
-        a.enter()
-    for _ in range(14):
-        b.enter()
-    time.sleep(SETTLE)
-    assert not a.move_one()  # 2 more, but an eighth of 16: reconnecting would cost more than it moves
-    for _ in range(4):
-        b.leave()
-    time.sleep(SETTLE)
-    assert a.move_one()  # 16 against 10
+    assert a.counts() == [2, 1]  # the moved connection no longer counts on a
