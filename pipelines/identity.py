@@ -94,16 +94,11 @@ class Pseudonymiser:
         return prefixed_hex(b"p", digests, _PERSON_BYTES)
 
     def users(self, platforms: pd.Series, user_ids: pd.Series) -> pd.Series:
-        """Vectorised :meth:`user`: hashes each distinct pair once."""
-        out = np.empty(len(platforms), dtype=object)
-        platform_values = platforms.to_numpy()
-        users = user_ids.to_numpy()
-        for platform in pd.unique(platform_values):
-            sel = platform_values == platform
-            codes, uniques = pd.factorize(users[sel])
-            hashed = np.array([self.user(platform, u) for u in uniques], dtype=object)
-            out[sel] = hashed[codes]
-        return pd.Series(out, index=platforms.index, dtype=object)
+        """Vectorised :meth:`user` of string columns (through :meth:`user_array`)."""
+        column = self.user_array(
+            pa.array(platforms.to_numpy(), pa.string()), pa.array(user_ids.to_numpy(), pa.string())
+        )
+        return pd.Series(column.to_numpy(zero_copy_only=False), index=platforms.index, dtype=object)
 
     def user_array(self, platforms: pa.Array | pa.ChunkedArray | str, user_ids: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Arrow form of :meth:`users` (``platforms`` may be one name for every row): the

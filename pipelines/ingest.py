@@ -551,17 +551,11 @@ def _source_links(sources: list[SourceData], pseudo: Pseudonymiser) -> tuple[Cou
         links = links[complete]
         if len(links):  # complete links hold strings only (stripping made anything else missing)
             links = links.assign(
-                user_id_a=_pseudonyms(pseudo, links["platform_a"], links["user_id_a"]),
-                user_id_b=_pseudonyms(pseudo, links["platform_b"], links["user_id_b"]),
+                user_id_a=pseudo.users(links["platform_a"], links["user_id_a"]).to_numpy(),
+                user_id_b=pseudo.users(links["platform_b"], links["user_id_b"]).to_numpy(),
             )
         frames.append(links)
     return counts, frames
-
-
-def _pseudonyms(pseudo: Pseudonymiser, platforms: pd.Series, user_ids: pd.Series) -> np.ndarray:
-    """:meth:`Pseudonymiser.users` of string columns, through its Arrow form (the same values)."""
-    column = pseudo.user_array(pa.array(platforms.to_numpy(), pa.string()), pa.array(user_ids.to_numpy(), pa.string()))
-    return column.to_numpy(zero_copy_only=False)
 
 
 def _links(sourced: tuple[Counts, list[pd.DataFrame]], given: pa.Table, lake: Lake) -> tuple[Counts, pd.DataFrame]:
