@@ -31,21 +31,15 @@ _ROWS_APART = threading.local()  # .on: the VAE's per-person layers run one row 
 
 
 def _row_at_a_time(forward: Any) -> Any:
-    """A module's ``forward`` that, while ``_ROWS_APART.on``, maps its batch one person (row
-    of its first input) at a time: a product over one person's rows can take another BLAS
-    path than over several persons' (gemv, not gemm; other blockings), whose results differ in
-    the last bits, so a person encoded beside others would not get exactly what it gets alone."""
+    """A ``Linear.forward`` that, while ``_ROWS_APART.on``, maps its input one person (first
+    dimension) at a time: a product over one person's rows takes another BLAS path than over
+    several persons' (gemv, not gemm; other blockings), whose results differ in the last bits,
+    so a person encoded beside others would not get exactly what it gets alone."""
 
-    def run(x: torch.Tensor, *rest: Any) -> Any:
-        if not (getattr(_ROWS_APART, "on", False) and x.dim() >= 2 and len(x) > 1):
-            return forward(x, *rest)
-        outs = [
-            forward(x[r : r + 1], *(a[r : r + 1] if isinstance(a, torch.Tensor) else a for a in rest))
-            for r in range(len(x))
-        ]
-        if isinstance(outs[0], tuple):
-            return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
-        return torch.cat(outs)
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() >= 2 and len(x) > 1 and getattr(_ROWS_APART, "on", False):
+            return torch.cat([forward(x[r : r + 1]) for r in range(len(x))])
+        return forward(x)
 
     return run
 
