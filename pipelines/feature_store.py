@@ -428,16 +428,12 @@ class OnlineReader:
         return {f: result[f][0] for f in features}
 
 
-def _stored_time(ts: Any) -> datetime | None:
-    """An ``event_ts`` of Feast's SQLite tables as Feast's own ``timestamp`` converter reads it
-    (epoch seconds, written from naive UTC times by Feast's adapter), or an ISO string."""
-    if ts is None or isinstance(ts, datetime):
-        return ts
-    if isinstance(ts, bytes):
-        ts = ts.decode()
-    if isinstance(ts, str) and not ts.isdigit():
-        return datetime.fromisoformat(ts)
-    return datetime.fromtimestamp(int(ts))
+def _stored_time(ts: int | str | None) -> datetime | None:
+    """An ``event_ts`` of Feast's SQLite tables as Feast's own ``timestamp`` converter reads it:
+    epoch seconds (Feast's adapter writes naive UTC times so), or an ISO string."""
+    if ts is None:
+        return None
+    return datetime.fromisoformat(ts) if isinstance(ts, str) else datetime.fromtimestamp(int(ts))
 
 
 _LISTS = frozenset(

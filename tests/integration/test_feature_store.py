@@ -56,6 +56,9 @@ def test_online_values_equal_the_latest_offline_values(local_store: tuple[Settin
         online = reader.read(view, [{key: k} for k in latest[key]])
         for (_, expected), got in zip(latest.iterrows(), online, strict=True):
             assert got is not None
+            stamp = pd.Timestamp(expected["event_timestamp"])
+            stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+            assert got["_event_ts"] == stamp.floor("s").to_pydatetime()  # Feast keeps whole seconds
             for column in expected.index.drop([key, "event_timestamp"]):
                 value = expected[column]
                 if hasattr(value, "tolist"):
