@@ -55,7 +55,7 @@ class WorkerConnections:
         SLOT.pack_into(self._map, self.index * SLOT.size, len(self.last))
 
     def seen(self, client: Any) -> None:
-        """A request of ``client``'s connection (at its start and at its end)."""
+        """A request of ``client``'s connection (called as it starts and as it is answered)."""
         now = time.monotonic()
         self.last[client] = now
         if now - self._pruned > IDLE / 4:
@@ -99,7 +99,6 @@ class Rebalance:
     def __init__(self, app: Any, workers: int) -> None:
         self.app = app
         self.connections = worker_connections(workers)
-        self.moved = 0  # connections this worker asked its clients to move
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         connections, client = self.connections, scope.get("client")
@@ -111,7 +110,6 @@ class Rebalance:
         async def send_moving(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 if connections.move(client):
-                    self.moved += 1
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
                 else:
                     connections.seen(client)

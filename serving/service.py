@@ -106,8 +106,6 @@ class InFlight:
         self._full: asyncio.Future[None] | None = None  # set when as many as expected are waiting
         self._draining = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.batches = 0
-        self.requests = 0
 
     async def submit(self, request: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -139,7 +137,6 @@ class InFlight:
                 await self._gathered(loop)
                 batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
                 self._expect = len(batch)
-                self.batches, self.requests = self.batches + 1, self.requests + len(batch)
                 try:
                     results = await loop.run_in_executor(self._thread, self._run, [r for r, _ in batch])
                 except Exception as e:  # the whole batch failed: every request gets the error

@@ -56,8 +56,6 @@ def test_a_small_difference_moves_nothing_and_idle_connections_stop_counting(tmp
     time.sleep(IDLE * 1.2)
     for client in _clients(2):  # three of a's connections have gone quiet
         a.seen(client)
-    time.sleep(IDLE / 4)
-    a.seen(_clients(1)[0])
     assert a.counts()[0] == 2
 
 
@@ -98,5 +96,4 @@ def test_the_middleware_closes_a_connection_only_on_the_busier_worker(tmp_path: 
     assert (b"connection", b"close") not in _request(idle, _clients(1, 100)[0])[0]["headers"]
     start, body = _request(busy, _clients(1, 50)[0])  # a third connection on a, one on b
     assert (b"connection", b"close") in start["headers"] and body["body"] == b"{}"
-    assert (busy.moved, idle.moved) == (1, 0)
     assert a.counts() == [2, 1]  # the moved connection no longer counts on a
