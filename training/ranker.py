@@ -36,6 +36,8 @@ SIGNALS = [
     "vae_sim",
     "item_item_score",
     "item_item_rank",
+    "recent_item_item",
+    "last_item_item",
     "pop_train",
     "pop_rank_platform",
     "cat_affinity",

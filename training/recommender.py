@@ -24,9 +24,13 @@ from training import ranker
 from training.data import Vocab
 from training.metrics import top_k
 from training.trainer import infer
-from training.vae import AttentionVAE, VAEConfig
+from training.vae import PAD, UNKNOWN, AttentionVAE, VAEConfig
+
+FIRST_ITEM = UNKNOWN + 1  # encoder index of decoder item 0
 
 _FEW = 8  # up to this many persons at once, candidates come from per-row shortcuts
+RECENT = 10  # the last events whose items the recency-weighted item-item score sums
+RECENT_DECAY = 0.7  # weight of an event relative to the next one (the most recent weighs 1)
 _ROWS_APART = threading.local()  # .on: the VAE's per-person layers run one row at a time
 
 
@@ -89,6 +93,22 @@ def _best(row: NDArray[Any], k: int, ordered: NDArray[Any]) -> NDArray[np.int64]
     threshold = ordered[len(row) - k]  # the k-th highest score
     above = np.flatnonzero(row > threshold)
     return np.concatenate([above, np.flatnonzero(row == threshold)[: k - len(above)]])
+
+
+def _sum_rows(
+    m: sp.csr_matrix, rows: NDArray[np.intp], weights: NDArray[np.float32] | None, out: NDArray[Any]
+) -> NDArray[Any]:
+    """``out`` set to the sum of ``m``'s ``rows`` (each times its weight, when given), added
+    row after row in each row's stored order (``np.add.at`` adds in turn): what a sparse
+    product with one row of weights computes, without building one."""
+    out[:] = 0
+    if len(rows):
+        starts, lengths = m.indptr[rows], m.indptr[rows + 1] - m.indptr[rows]
+        # every stored position of those rows, row after row
+        where = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        values = m.data[where] if weights is None else m.data[where] * np.repeat(weights, lengths)
+        np.add.at(out, m.indices[where], values)
+    return out
 
 
 @dataclass
@@ -187,14 +207,7 @@ class Recommender:
             acc = np.zeros(m.shape[1], dtype=np.result_type(np.float32, m.dtype))
             for r, items in enumerate(seen):
                 rows = sorted({j for j in (index.get(i) for i in items) if j is not None})
-                acc[:] = 0
-                if rows:
-                    at = np.asarray(rows, dtype=np.intp)
-                    starts, lengths = m.indptr[at], m.indptr[at + 1] - m.indptr[at]
-                    # every stored position of those rows, row after row
-                    where = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-                    np.add.at(acc, m.indices[where], m.data[where])
-                item_item[r] = acc
+                item_item[r] = _sum_rows(m, np.asarray(rows, dtype=np.intp), None, acc)
                 if exclude_seen:
                     blocked[r, rows] = True
         else:
@@ -301,9 +314,35 @@ class Recommender:
         return out
 
     # -- ranking ---------------------------------------------------------------------------
+    def recent_item_item(self, cands: Candidates) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Item-item scores (B, N) of the candidates from the person's latest events only: from
+        the last event's item, and summed over the last :data:`RECENT` events with weights
+        decaying by :data:`RECENT_DECAY` per event back. The bag's item-item score weighs a
+        person's whole history alike; what they did last says most about what they do next
+        when time is known (a session's items are neighbours); without time (one timestamp for
+        every event) both are missing. Each person's scores come from its own events alone, so
+        a person gets the same scores in any batch."""
+        b, n = cands.items.shape
+        if not self.meta.get("time_known", True):  # a source without time: the order means nothing
+            return np.full((b, n), np.nan, np.float32), np.full((b, n), np.nan, np.float32)
+        encoded = cands.encoded_items  # (B, T) encoder indices, oldest first, padding after
+        lengths = (encoded != PAD).sum(axis=1)
+        recent, from_last = np.zeros((b, n), np.float32), np.zeros((b, n), np.float32)
+        acc = np.zeros(self.item_item.shape[1], dtype=np.result_type(np.float32, self.item_item.dtype))
+        decay = (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
+        for r in range(b if n else 0):
+            latest = encoded[r, max(0, lengths[r] - RECENT) : lengths[r]][::-1]  # newest first
+            known = np.flatnonzero(latest >= FIRST_ITEM)
+            rows = (latest[known] - FIRST_ITEM).astype(np.intp)
+            recent[r] = _sum_rows(self.item_item, rows, decay[known], acc)[cands.items[r]]
+            if len(known) and known[0] == 0:  # the last event's item is known to the model
+                from_last[r] = _sum_rows(self.item_item, rows[:1], None, acc)[cands.items[r]]
+        return recent, from_last
+
     def signal_columns(self, cands: Candidates, last_platform: list[str | None]) -> dict[str, NDArray[Any]]:
         """The base recommenders' signals per (person, candidate) pair, flattened row-major."""
         b, n = cands.items.shape
+        recent, from_last = self.recent_item_item(cands)
         flat = cands.items.ravel()
         mu = cands.mu / np.maximum(np.linalg.norm(cands.mu, axis=1, keepdims=True), 1e-9)
         sim = np.einsum("bl,bnl->bn", mu, self.item_latent[cands.items]) if n else np.zeros((b, 0))
@@ -314,6 +353,8 @@ class Recommender:
             "vae_sim": sim.ravel(),
             "item_item_score": cands.item_item.ravel(),
             "item_item_rank": cands.item_item_rank.ravel(),
+            "recent_item_item": recent.ravel(),
+            "last_item_item": from_last.ravel(),
             "pop_train": self.popularity[flat],
             "pop_rank_platform": self.pop_rank[flat],
             "same_platform_as_last": (platforms == np.repeat(np.asarray(last_platform, dtype=object), n)).astype(

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from training.recommender import _FEW, Recommender
+from training.recommender import _FEW, Candidates, Recommender
 
 B, N_ITEMS = _FEW + 4, 400
 
@@ -64,3 +64,56 @@ def test_item_item_scores_of_a_few_persons_are_the_sparse_products_bit_for_bit()
         _, direct, blocked, *_ = rec._scores([None], [seen[r]], None, True, one)
         np.testing.assert_array_equal(direct[0], product[r])
         np.testing.assert_array_equal(blocked[0], blocked_all[r])
+
+
+def _recent_case(time_known: bool = True) -> tuple[Recommender, Candidates, np.ndarray]:
+    import scipy.sparse as sp
+
+    from training.recommender import FIRST_ITEM, RECENT
+
+    rng = np.random.default_rng(3)
+    n, t = 60, RECENT + 5
+    dense = rng.random((n, n)).astype(np.float32) * (rng.random((n, n)) < 0.3)
+    rec = object.__new__(Recommender)
+    rec.item_item = sp.csr_matrix(dense)
+    rec.vocab = type("Vocab", (), {"n_items": n})()
+    rec.meta = {"time_known": time_known}
+    lengths = [0, 1, 3, RECENT, t]
+    encoded = np.zeros((len(lengths), t), np.int64)  # oldest first, padding (0) after
+    for r, length in enumerate(lengths):
+        encoded[r, :length] = rng.integers(0, n, length) + FIRST_ITEM
+    encoded[2, 1] = 1  # an item unknown to the model, second to last: skipped, still an event back
+    encoded[3, RECENT - 1] = 1  # the last event's item is unknown: no last-item score
+    items = np.stack([rng.choice(n, 7, replace=False) for _ in lengths])
+    empty = np.zeros((len(lengths), 7), np.float32)
+    cands = Candidates(items, empty, empty, empty.astype(np.int64), empty.astype(np.int64), empty, empty, encoded)
+    return rec, cands, dense
+
+
+def test_recent_item_item_scores_weigh_the_latest_events() -> None:
+    from training.recommender import FIRST_ITEM, RECENT, RECENT_DECAY
+
+    rec, cands, dense = _recent_case()
+    recent, from_last = rec.recent_item_item(cands)
+    for r, row in enumerate(cands.encoded_items):
+        events = [int(e) for e in row if e != 0][-RECENT:][::-1]  # newest first
+        want = np.zeros(dense.shape[1])
+        for age, e in enumerate(events):
+            if e >= FIRST_ITEM:
+                want += RECENT_DECAY**age * dense[e - FIRST_ITEM]
+        np.testing.assert_allclose(recent[r], want[cands.items[r]], rtol=1e-5)
+        last = dense[events[0] - FIRST_ITEM] if events and events[0] >= FIRST_ITEM else np.zeros(dense.shape[1])
+        np.testing.assert_allclose(from_last[r], last[cands.items[r]], rtol=1e-6)
+    assert not recent[0].any() and not from_last[3].any() and recent[3].any()
+    # each person's scores are what it gets alone
+    for r in range(len(cands.items)):
+        one = Candidates(*(np.asarray(getattr(cands, f))[r : r + 1] for f in Candidates.__dataclass_fields__))
+        alone, alone_last = rec.recent_item_item(one)
+        np.testing.assert_array_equal(alone[0], recent[r])
+        np.testing.assert_array_equal(alone_last[0], from_last[r])
+
+
+def test_recent_item_item_scores_are_missing_without_time() -> None:
+    rec, cands, _ = _recent_case(time_known=False)
+    recent, from_last = rec.recent_item_item(cands)
+    assert np.isnan(recent).all() and np.isnan(from_last).all()
