@@ -84,8 +84,10 @@ class Engine:
             # One request per thread: ~100 rows are too few to share out, and idle OpenMP
             # threads would spin on the cores the other workers need.
             recommender.booster.set_param({"nthread": 1})
-        self._item_cache: dict[str, dict[str, Any] | None] = {}
-        self._item_values: dict[str, tuple[Any, tuple[Any, ...]]] = {}  # item -> (its row, FEAST_ITEM values)
+        # Every item's FEAST_ITEM values (NaN where missing) by decoder index, and whether they
+        # were read since the cache was last cleared: a candidate's row is an array lookup.
+        self._item_stats = np.full((recommender.vocab.n_items, len(ranker.FEAST_ITEM)), np.nan, dtype=np.float32)
+        self._item_read = np.zeros(recommender.vocab.n_items, dtype=bool)
         self._item_cache_at = 0.0
         self._item_cache_seconds = item_cache_seconds
         self._lock = threading.Lock()
@@ -105,47 +107,43 @@ class Engine:
             )
 
     # -- features -------------------------------------------------------------------------
-    def _items(self, item_ids: list[str]) -> list[dict[str, Any] | None]:
+    def _item_features(self, items: np.ndarray) -> np.ndarray:
+        """The re-ranker's item features (items x ``ranker.FEAST_ITEM``, NaN where missing) of
+        decoder indices ``items``; the online store's ``item_stats`` rows are read once per
+        ``item_cache_seconds`` (they only change at materialization)."""
         now = time.monotonic()
         with self._lock:
             if now - self._item_cache_at > self._item_cache_seconds:
-                self._item_cache.clear()
-                self._item_values.clear()
+                self._item_read[:] = False
                 self._item_cache_at = now
-            missing = [i for i in item_ids if i not in self._item_cache]
-        if missing:
-            rows = self.reader.read("item_stats", [{"item_id": i} for i in missing])
+            missing = np.unique(items[~self._item_read[items]])
+        if len(missing):
+            names = self.recommender.vocab.items
+            rows = self.reader.read("item_stats", [{"item_id": names[j]} for j in missing])
+            values = np.array(
+                [
+                    [np.nan if (row or {}).get(name) is None else row[name] for name in ranker.FEAST_ITEM]
+                    for row in rows
+                ],
+                dtype=np.float32,
+            )
             with self._lock:
-                self._item_cache.update(zip(missing, rows, strict=True))
-        return [self._item_cache.get(i) for i in item_ids]
-
-    def _item_features(self, item_ids: list[str]) -> np.ndarray:
-        """The re-ranker's item features (items x ``ranker.FEAST_ITEM``, objects; None where
-        missing), from the item cache."""
-        stats = self._items(item_ids)
-        values = self._item_values
-        rows = []
-        for item, s in zip(item_ids, stats, strict=True):
-            cached = values.get(item)
-            if cached is None or cached[0] is not s:  # (the row it came from, its values)
-                cached = values[item] = (s, tuple((s or {}).get(name) for name in ranker.FEAST_ITEM))
-            rows.append(cached[1])
-        out = np.empty((len(rows), len(ranker.FEAST_ITEM)), dtype=object)
-        if rows:
-            out[:] = rows
-        return out
+                self._item_stats[missing] = values
+                self._item_read[missing] = True
+        return self._item_stats[items]
 
     def _feast_columns(
         self,
         person_id: str,
         profile: dict[str, Any] | None,
         platforms: np.ndarray,
-        items: list[str],
+        items: np.ndarray,
         now: datetime,
         activity: dict[str, dict[str, Any] | None] | None = None,
     ) -> dict[str, Any]:
-        """The ``ranker_v1`` columns of one person's candidates; ``activity``: the person's
-        ``person_activity`` rows by platform, when already read (else they are read here)."""
+        """The ``ranker_v1`` columns of one person's candidates (``items``: decoder indices);
+        ``activity``: the person's ``person_activity`` rows by platform, when already read (else
+        they are read here)."""
         n = len(items)
         profile = profile or {}
         wanted = sorted(set(platforms.tolist()))
@@ -158,22 +156,23 @@ class Engine:
                 )
             )
         recency = self.recency({"request_ts": [int(now.timestamp())], "last_event_ts": [profile.get("last_event_ts")]})
+        person = {
+            "events_total_30d": profile.get("events_total_30d"),
+            "active_platforms_30d": profile.get("active_platforms_30d"),
+            "seconds_since_last_event": recency["seconds_since_last_event"][0] if profile else None,
+        }
         cols: dict[str, Any] = {
-            "events_total_30d": np.full(n, profile.get("events_total_30d"), dtype=object),
-            "active_platforms_30d": np.full(n, profile.get("active_platforms_30d"), dtype=object),
-            "seconds_since_last_event": np.full(
-                n, recency["seconds_since_last_event"][0] if profile else None, dtype=object
-            ),
+            name: np.full(n, np.nan if value is None else value, dtype=np.float32) for name, value in person.items()
         }
         for name in PERSON_COLUMNS:
             cols[name] = [profile.get(name)] * n
         # Activity: one value per (feature, platform), spread over the candidates of that platform.
         position = {p: i for i, p in enumerate(wanted)}
         of_platform = np.fromiter((position[p] for p in platforms), dtype=np.intp, count=n)
-        table = np.empty((len(wanted), len(ranker.FEAST_ACTIVITY)), dtype=object)
+        table = np.full((len(wanted), len(ranker.FEAST_ACTIVITY)), np.nan, dtype=np.float32)
         for i, p in enumerate(wanted):
             row = activity.get(p) or {}
-            table[i] = [row.get(name) for name in ranker.FEAST_ACTIVITY]
+            table[i] = [np.nan if row.get(name) is None else row[name] for name in ranker.FEAST_ACTIVITY]
         spread = table[of_platform]
         for j, name in enumerate(ranker.FEAST_ACTIVITY):
             cols[name] = spread[:, j]
@@ -240,15 +239,15 @@ class Engine:
         pairs = [(asks[i].person_id, p) for i, *_, wanted in ranked for p in wanted]
         rows = self.reader.read("person_activity", [{"person_id": q, "platform": p} for q, p in pairs]) if pairs else []
         activity = dict(zip(pairs, rows, strict=True))
-        if ranked:
-            self._items(list(dict.fromkeys(rec.vocab.items[j] for *_, cands, _, _ in ranked for j in cands.items[0])))
+        if ranked:  # every candidate's item row at once
+            self._item_features(np.concatenate([cands.items[0] for *_, cands, _, _ in ranked]))
         xs, names = [], []
         for i, _, profile, cands, signals, wanted in ranked:
             ask = asks[i]
             names.append([rec.vocab.items[j] for j in cands.items[0]])
             mine = {p: activity[(ask.person_id, p)] for p in wanted}
             columns = self._feast_columns(
-                ask.person_id, profile, signals["_platform"], names[-1], ask.now or started, mine
+                ask.person_id, profile, signals["_platform"], cands.items[0], ask.now or started, mine
             )
             xs.append(rec.feature_matrix(signals, columns))
         scored = rec.rank_each([cands for *_, cands, _, _ in ranked], xs)  # one booster call
@@ -344,8 +343,7 @@ class Engine:
         seen = set((sequence or {}).get("seen_items") or [])
         cands = rec.candidates([sequence], [seen], None, exclude_seen=False, items=idx)
         signals = rec.signal_columns(cands, [list((sequence or {}).get("seq_platforms") or [None])[-1]])
-        names = [rec.vocab.items[j] for j in idx[0]]
-        x = rec.feature_matrix(signals, self._feast_columns(person_id, profile, signals["_platform"], names, now))
+        x = rec.feature_matrix(signals, self._feast_columns(person_id, profile, signals["_platform"], idx[0], now))
         _, probability = rec.rank(cands, x)
         for (i, _), p in zip(known, probability[0], strict=True):
             out[i] = round(float(p), 6)

@@ -153,13 +153,16 @@ class InFlight:
 
 
 def _response(engine: Any, result: Any) -> RecommendResponse:
-    return RecommendResponse(
+    """The response to one ``/recommend``, built without validation (``model_construct``):
+    the engine gives every value its declared type, and validating each answer's items again
+    was a sizeable share of a request's CPU. Explanations (on request) are validated."""
+    return RecommendResponse.model_construct(
         model_version=engine.model_version,
         person_id=result.person_id,
         person_known=result.person_known,
         cold_start=result.cold_start,
         items=[
-            RecommendedItem(
+            RecommendedItem.model_construct(
                 item_id=i.item_id,
                 platform=i.platform,
                 score=i.score,

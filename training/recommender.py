@@ -369,7 +369,7 @@ class Recommender:
         columns: dict[str, Any] = dict(signals)
         for name in ranker.FEAST_PERSON + ranker.FEAST_ACTIVITY + ranker.FEAST_ITEM:
             if name in feast:
-                columns[name] = np.asarray(feast[name], dtype=object)
+                columns[name] = feast[name]
         columns["cat_affinity"] = ranker.lookup_share(
             feast["top_categories"], feast["category_affinity"], signals["_category"]
         )
