@@ -199,6 +199,10 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
             ours, theirs = m["vae+ranker"]["ndcg@20"], m[baseline]["ndcg@20"]
             ci = (arm.get("vs_best_baseline") or {}).get("relative_ci95")
             noise = f"; 95% CI {ci[0]:+.1%} to {ci[1]:+.1%}" if ci else ""
+            seeds = arm.get("ranker_seeds_ndcg20") or {}
+            if len(seeds) > 1:
+                low, high = min(seeds.values()), max(seeds.values())
+                noise += f"; re-ranker seeds {','.join(seeds)}: {low / theirs - 1:+.1%} to {high / theirs - 1:+.1%}"
             lines.append(
                 _row(
                     f"quality: {name}",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,10 @@ class ExperimentConfig:
     ease_l2: float = 200.0
     train: TrainConfig = field(default_factory=TrainConfig)
     reranker: RankerConfig = field(default_factory=RankerConfig)
+    # Other seeds of the re-ranker, trained on the same pairs and scored on the same test
+    # candidates, to measure how much its own randomness (row and column subsampling) moves
+    # the figures; the shipped re-ranker is the one of ``reranker.seed``.
+    ranker_seeds: tuple[int, ...] = ()
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +74,7 @@ class ExperimentResult:
     holdout: Holdout
     ranked: dict[str, np.ndarray] = field(default_factory=dict)  # model → (test persons, 50) decoder indices
     relevant: list[set[int]] = field(default_factory=list)
+    ranker_seeds: dict[int, dict[str, float]] = field(default_factory=dict)  # seed → VAE + re-ranker metrics
 
 
 class _View:
@@ -278,6 +283,12 @@ def run(
     threshold = best_f1_threshold(labels, valid_p)
     recommender.meta["threshold"] = threshold
     timings["ranker_seconds"] = time.perf_counter() - t3
+    alternatives = []  # the re-ranker with other seeds, untimed: only for measuring
+    for seed in config.ranker_seeds:
+        other, other_info = ranker.train(x_valid, labels, rows, replace(config.reranker, seed=seed), negative_rate=rate)
+        alternatives.append(
+            (other, {k: other_info[k] for k in ("objective", "scale_pos_weight", "calibration", "prior")})
+        )
 
     # Test.
     t4 = time.perf_counter()
@@ -310,7 +321,7 @@ def run(
         split.target_platform,
         test_view.workdir.root,
     )
-    evaluation = evaluate(recommender, holdout, test_view.store)
+    evaluation = evaluate(recommender, holdout, test_view.store, alternatives)
     ranked["vae+ranker"] = evaluation.ranked
     timings["test_seconds"] = time.perf_counter() - t4
 
@@ -331,8 +342,22 @@ def run(
         "ranker": ranker_info,
         "threshold": threshold,
     }
+    seeds = {config.reranker.seed: metrics["vae+ranker"]} | dict(
+        zip(config.ranker_seeds, evaluation.alternatives, strict=True)
+    )
     return ExperimentResult(
-        recommender, metrics, breakdown, classification, curves, timings, info, history, holdout, ranked, relevant
+        recommender,
+        metrics,
+        breakdown,
+        classification,
+        curves,
+        timings,
+        info,
+        history,
+        holdout,
+        ranked,
+        relevant,
+        seeds,
     )
 
 

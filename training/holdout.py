@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pandas as pd
 
 from pipelines import feature_store as fs
 from pipelines.config import Settings, Workdir
+from training import ranker
 from training.metrics import classification_report, ranking_report
 from training.recommender import Candidates, Recommender
 
@@ -129,11 +131,20 @@ class Evaluation:
     ranked: np.ndarray  # (persons, 50) re-ranked decoder indices
     labels: np.ndarray
     probability: np.ndarray
+    alternatives: list[dict[str, float]] = field(default_factory=list)  # Recall/NDCG@K per alternative booster
 
 
-def evaluate(recommender: Recommender, holdout: Holdout, store: Any | None = None) -> Evaluation:
+def evaluate(
+    recommender: Recommender,
+    holdout: Holdout,
+    store: Any | None = None,
+    alternatives: Sequence[tuple[Any, dict[str, Any]]] = (),
+) -> Evaluation:
     """Recall/NDCG@K of the re-ranked candidates, and the re-ranker's classification metrics
-    on the candidates (a candidate is positive when it is a held-out item)."""
+    on the candidates (a candidate is positive when it is a held-out item). ``alternatives``:
+    other boosters (each with its meta: prior, calibration) that re-rank the same candidates
+    from the same features, e.g. the re-ranker trained with other seeds; their Recall/NDCG@K
+    come back in the same order."""
     store = store or holdout.store()
     relevant = relevant_indices(holdout.relevant, recommender)
     cands = recommender.candidates(holdout.sequences, holdout.seen, holdout.target_platform)
@@ -150,4 +161,8 @@ def evaluate(recommender: Recommender, holdout: Holdout, store: Any | None = Non
     classification = classification_report(labels, p, threshold) if len(labels) else {}
     hits = [bool(set(row) & rel) for row, rel in zip(cands.items, relevant, strict=True) if rel]
     classification["candidate_recall"] = float(np.mean(hits)) if hits else float("nan")
-    return Evaluation(ranking_report(ranked, relevant, KS), classification, ranked, labels, p)
+    others = []
+    for booster, meta in alternatives:
+        other_order, _ = Recommender._order(ranker.probability(booster, x, meta), b, n)
+        others.append(ranking_report(np.take_along_axis(cands.items, other_order, axis=1)[:, : max(KS)], relevant, KS))
+    return Evaluation(ranking_report(ranked, relevant, KS), classification, ranked, labels, p, others)

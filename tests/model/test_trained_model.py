@@ -72,3 +72,19 @@ def test_recommendations_follow_a_change_of_interest_direction(trained: tuple) -
     logits, _, _ = infer(rec.vae, rec.vocab.encode_sequences([base, shifted], rec.sequence_length))
     share = [np.mean([category_of[rec.vocab.items[j]] == "games" for j in np.argsort(-row)[:20]]) for row in logits]
     assert share[1] > share[0] + 0.2
+
+
+def test_alternative_re_rankers_are_scored_as_the_model_itself(trained: tuple) -> None:
+    """``evaluate``'s alternatives (the quality benchmark's other re-ranker seeds) re-rank the
+    same candidates from the same features: the model's own booster gives its own figures, and
+    a booster without the stacking prior others."""
+    from training.gate import holdout_dir
+    from training.holdout import Holdout, evaluate
+
+    settings, workdir, outcome, _ = trained
+    rec = load(settings, workdir).recommender
+    holdout = Holdout.load(holdout_dir(workdir, outcome.versions["recommender"]))
+    no_prior = {k: v for k, v in rec.meta.items() if k != "prior"}
+    result = evaluate(rec, holdout, alternatives=[(rec.booster, rec.meta), (rec.booster, no_prior)])
+    assert result.alternatives[0] == result.metrics
+    assert result.alternatives[1] != result.metrics
