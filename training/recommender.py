@@ -58,6 +58,7 @@ class Candidates:
     mu: NDArray[np.float32]  # (B, L) interest embeddings
     attention: NDArray[np.float32]  # (B, T) pooling weights over the encoded events
     encoded_items: NDArray[np.int64]  # (B, T) encoder item indices (0 = pad)
+    recent: NDArray[np.float32] | None = None  # (B, N) recency-weighted item-item scores; None: not computed
 
 
 def _ranks(scores: NDArray[np.float32]) -> NDArray[np.int64]:
@@ -231,24 +232,32 @@ class Recommender:
         encoded: tuple[NDArray[Any], ...] | None = None,
     ) -> Candidates:
         """``n`` candidates per person: the union of the VAE's and the item-item model's best
-        unseen items (of the target ``platform``), half from each where they differ; ordered
-        by that merged priority (then VAE score). With ``items`` (B, M), those items are the
-        candidates instead (for scoring given items). ``encoded``: what :meth:`encode` gives
-        for ``sequences``, when already at hand."""
+        unseen items (of the target ``platform``), half from each where they differ, and when
+        time is known, of the best by the latest events' item-item scores
+        (:meth:`recent_scores`), a third from each; ordered by that merged priority (then VAE
+        score). With ``items`` (B, M), those items are the candidates instead (for scoring
+        given items). ``encoded``: what :meth:`encode` gives for ``sequences``, when already
+        at hand."""
         n = n or self.n_candidates
         logits, item_item, blocked, mu, attention, encoded = self._scores(
             sequences, seen, platform, exclude_seen, encoded
         )
         vae_masked = np.where(blocked, -np.inf, logits)
         ii_masked = np.where(blocked, -np.inf, item_item)
-        half = max(1, n // 2)
-        ratio = half / max(1, n - half)
+        recent = self.recent_scores(encoded)
+        # The latest events' item-item scores are a third source of candidates (time known).
+        recent_masked = None if recent is None or items is not None else np.where(blocked, -np.inf, recent)
+        sources = 2 if recent_masked is None else 3
+        share = max(1, n // sources)
+        ratio = share / max(1, (n - share) / (sources - 1))
         if len(logits) > _FEW:  # batches (offline evaluation): every rank of every row at once
             vae_all, ii_all = _ranks(vae_masked), _ranks(ii_masked)
             if items is not None:
                 cands = items
             else:
                 priority = np.minimum(vae_all, ii_all * ratio).astype(np.float64)
+                if recent_masked is not None:
+                    priority = np.minimum(priority, _ranks(recent_masked) * ratio)
                 priority += vae_all * 1e-6  # ties: the VAE decides
                 priority[blocked] = np.inf
                 allowed = int((~blocked).sum(axis=1).min()) if len(blocked) else 0
@@ -269,11 +278,16 @@ class Recommender:
             for r in range(len(logits) if k else 0):
                 vae_row, ii_row = vae_masked[r], ii_masked[r]
                 vae_sorted, ii_sorted = np.sort(vae_row), np.sort(ii_row)
-                pool = np.union1d(
-                    _best(vae_row, k + 1, vae_sorted), _best(ii_row, int(np.ceil((k + 1) / ratio)) + 1, ii_sorted)
-                )
+                reach = int(np.ceil((k + 1) / ratio)) + 1
+                pool = np.union1d(_best(vae_row, k + 1, vae_sorted), _best(ii_row, reach, ii_sorted))
+                if recent_masked is not None:
+                    recent_row = recent_masked[r]
+                    recent_sorted = np.sort(recent_row)
+                    pool = np.union1d(pool, _best(recent_row, reach, recent_sorted))
                 v, i = _ranks_at(vae_row, pool, vae_sorted), _ranks_at(ii_row, pool, ii_sorted)
                 priority = np.minimum(v, i * ratio).astype(np.float64)
+                if recent_masked is not None:
+                    priority = np.minimum(priority, _ranks_at(recent_row, pool, recent_sorted) * ratio)
                 priority += v * 1e-6  # ties: the VAE decides
                 priority[blocked[r, pool]] = np.inf
                 pick = np.lexsort((pool, priority))[:k]
@@ -291,6 +305,7 @@ class Recommender:
             mu=mu,
             attention=attention,
             encoded_items=encoded,
+            recent=None if recent is None else np.take_along_axis(recent, cands, axis=1),
         )
 
     def candidates_each(
@@ -313,30 +328,43 @@ class Recommender:
                 )
         return out
 
+    def recent_scores(self, encoded: NDArray[np.int64]) -> NDArray[np.float32] | None:
+        """Every item's recency-weighted item-item score (B, n_items) from each person's last
+        :data:`RECENT` events (encoder indices, oldest first), or None when time is unknown.
+        Each person's row comes from its own events alone (see :meth:`recent_item_item`)."""
+        if not self.meta.get("time_known", True):
+            return None
+        lengths = (encoded != PAD).sum(axis=1)
+        out = np.zeros((len(encoded), self.vocab.n_items), np.float32)
+        acc = np.zeros(self.item_item.shape[1], dtype=np.result_type(np.float32, self.item_item.dtype))
+        decay = (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
+        for r in range(len(encoded)):
+            latest = encoded[r, max(0, lengths[r] - RECENT) : lengths[r]][::-1]  # newest first
+            known = np.flatnonzero(latest >= FIRST_ITEM)
+            out[r] = _sum_rows(self.item_item, (latest[known] - FIRST_ITEM).astype(np.intp), decay[known], acc)
+        return out
+
     # -- ranking ---------------------------------------------------------------------------
     def recent_item_item(self, cands: Candidates) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Item-item scores (B, N) of the candidates from the person's latest events only: from
-        the last event's item, and summed over the last :data:`RECENT` events with weights
-        decaying by :data:`RECENT_DECAY` per event back. The bag's item-item score weighs a
-        person's whole history alike; what they did last says most about what they do next
-        when time is known (a session's items are neighbours); without time (one timestamp for
-        every event) both are missing. Each person's scores come from its own events alone, so
-        a person gets the same scores in any batch."""
+        """Item-item scores (B, N) of the candidates from the person's latest events only: the
+        recency-weighted sum of :meth:`recent_scores`, and from the last event's item alone.
+        The bag's item-item score weighs a person's whole history alike; what they did last
+        says most about what they do next when time is known (a session's items are
+        neighbours); without time (one timestamp for every event) both are missing. Each
+        person's scores come from its own events alone, so a person gets the same scores in
+        any batch."""
         b, n = cands.items.shape
         if not self.meta.get("time_known", True):  # a source without time: the order means nothing
             return np.full((b, n), np.nan, np.float32), np.full((b, n), np.nan, np.float32)
+        recent = cands.recent
+        if recent is None:
+            recent = np.take_along_axis(self.recent_scores(cands.encoded_items), cands.items, axis=1)
         encoded = cands.encoded_items  # (B, T) encoder indices, oldest first, padding after
-        lengths = (encoded != PAD).sum(axis=1)
-        recent, from_last = np.zeros((b, n), np.float32), np.zeros((b, n), np.float32)
+        last = encoded[np.arange(b), np.maximum((encoded != PAD).sum(axis=1) - 1, 0)]
+        from_last = np.zeros((b, n), np.float32)
         acc = np.zeros(self.item_item.shape[1], dtype=np.result_type(np.float32, self.item_item.dtype))
-        decay = (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
-        for r in range(b if n else 0):
-            latest = encoded[r, max(0, lengths[r] - RECENT) : lengths[r]][::-1]  # newest first
-            known = np.flatnonzero(latest >= FIRST_ITEM)
-            rows = (latest[known] - FIRST_ITEM).astype(np.intp)
-            recent[r] = _sum_rows(self.item_item, rows, decay[known], acc)[cands.items[r]]
-            if len(known) and known[0] == 0:  # the last event's item is known to the model
-                from_last[r] = _sum_rows(self.item_item, rows[:1], None, acc)[cands.items[r]]
+        for r in np.flatnonzero(last >= FIRST_ITEM) if n else ():  # the last event's item is known
+            from_last[r] = _sum_rows(self.item_item, last[r : r + 1] - FIRST_ITEM, None, acc)[cands.items[r]]
         return recent, from_last
 
     def signal_columns(self, cands: Candidates, last_platform: list[str | None]) -> dict[str, NDArray[Any]]:

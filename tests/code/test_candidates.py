@@ -12,26 +12,30 @@ from training.recommender import _FEW, Candidates, Recommender
 B, N_ITEMS = _FEW + 4, 400
 
 
-def _recommender(seed: int) -> Recommender:
+def _recommender(seed: int, time_known: bool) -> Recommender:
+    """Candidates of persons 0..B-1 from random scores (with time: a third source, the latest
+    events' item-item scores)."""
     rng = np.random.default_rng(seed)
     logits = rng.integers(0, 50, (B, N_ITEMS)).astype(np.float32)  # few distinct values: many ties
     item_item = rng.integers(0, 30, (B, N_ITEMS)).astype(np.float32)
+    recent = rng.integers(0, 10, (B, N_ITEMS)).astype(np.float32)
     blocked = rng.random((B, N_ITEMS)) < 0.2
 
     def scores(rows: list[int], *_: Any) -> tuple[np.ndarray, ...]:
         r = np.asarray(rows)
         empty = np.zeros((len(r), 3), np.float32)
-        return logits[r], item_item[r], blocked[r], empty, empty, empty.astype(np.int64)
+        return logits[r], item_item[r], blocked[r], empty, empty, np.repeat(r[:, None], 3, axis=1)  # "encoded": the row
 
     rec = object.__new__(Recommender)  # only the candidate logic is under test
-    rec.meta = {"n_candidates": 40}
+    rec.meta = {"n_candidates": 40, "time_known": time_known}
     rec._scores = scores  # type: ignore[method-assign]
+    rec.recent_scores = lambda encoded: recent[encoded[:, 0]] if time_known else None  # type: ignore[method-assign]
     return rec
 
 
 def test_per_person_candidates_match_the_batch_path() -> None:
-    for seed in range(3):
-        rec = _recommender(seed)
+    for seed, time_known in ((0, False), (1, False), (2, True), (3, True), (4, True)):
+        rec = _recommender(seed, time_known)
         rows, seen = list(range(B)), [set() for _ in range(B)]
         batch = rec.candidates(rows, seen)  # more than _FEW persons: the batch path
         given = rec.candidates(rows, seen, items=batch.items[:, ::-1].copy())
@@ -107,7 +111,9 @@ def test_recent_item_item_scores_weigh_the_latest_events() -> None:
     assert not recent[0].any() and not from_last[3].any() and recent[3].any()
     # each person's scores are what it gets alone
     for r in range(len(cands.items)):
-        one = Candidates(*(np.asarray(getattr(cands, f))[r : r + 1] for f in Candidates.__dataclass_fields__))
+        one = Candidates(
+            *(None if (v := getattr(cands, f)) is None else v[r : r + 1] for f in Candidates.__dataclass_fields__)
+        )
         alone, alone_last = rec.recent_item_item(one)
         np.testing.assert_array_equal(alone[0], recent[r])
         np.testing.assert_array_equal(alone_last[0], from_last[r])
