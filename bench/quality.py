@@ -203,6 +203,11 @@ def synthetic_retraining(base: Path, data_dir: Path, config: ExperimentConfig) -
         "ndcg20_retrained": ndcg_b,
         "retraining_improves_ndcg20": bool(ndcg_b > ndcg_a),
         "relative_change": round(ndcg_b / max(ndcg_a, 1e-12) - 1, 4),
+        # the same comparison for each seed of the re-ranker (both models trained with it)
+        "ranker_seeds_relative_change": {
+            str(seed): round(b.ranker_seeds[seed]["ndcg@20"] / max(m["ndcg@20"], 1e-12) - 1, 4)
+            for seed, m in a.ranker_seeds.items()
+        },
     }
 
 

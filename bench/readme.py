@@ -128,6 +128,10 @@ def quality(r: dict[str, Any]) -> list[str]:
             f"**{'yes' if s['retraining_improves_ndcg20'] else 'no'}** ({s['relative_change']:+.1%}).",
             "",
         ]
+        seeds = s.get("ranker_seeds_relative_change") or {}
+        if len(seeds) > 1:
+            changes = ", ".join(f"{change:+.1%} (seed {seed})" for seed, change in seeds.items())
+            out += [f"The same change with each seed of the re-ranker: {changes}.", ""]
     return out
 
 
