@@ -231,11 +231,10 @@ class Recommender:
         items: NDArray[np.int64] | None = None,
         encoded: tuple[NDArray[Any], ...] | None = None,
     ) -> Candidates:
-        """``n`` candidates per person: the union of the VAE's and the item-item model's best
-        unseen items (of the target ``platform``), half from each where they differ, and when
-        time is known, of the best by the latest events' item-item scores
-        (:meth:`recent_scores`), a third from each; ordered by that merged priority (then VAE
-        score). With ``items`` (B, M), those items are the candidates instead (for scoring
+        """``n`` candidates per person: the union of the best unseen items (of the target
+        ``platform``) by the VAE and by the item-item model, half from each where they differ;
+        when time is known, also by the latest events' item-item scores (:meth:`recent_scores`),
+        a third from each. Ordered by that merged priority (then VAE score). With ``items`` (B, M), those items are the candidates instead (for scoring
         given items). ``encoded``: what :meth:`encode` gives for ``sequences``, when already
         at hand."""
         n = n or self.n_candidates
