@@ -270,15 +270,7 @@ def run(
     rate = sampled / max(1, ranker.available_negatives(cands.items, valid_targets))
     booster, ranker_info = ranker.train(x_valid, labels, rows, config.reranker, negative_rate=rate)
     recommender.booster = booster
-    recommender.meta.update(
-        {
-            "objective": ranker_info["objective"],
-            "scale_pos_weight": ranker_info["scale_pos_weight"],
-            "calibration": ranker_info["calibration"],
-            "prior": ranker_info["prior"],
-            "best_iteration": ranker_info["best_iteration"],
-        }
-    )
+    recommender.meta.update(ranker.scoring_meta(ranker_info))
     valid_p = ranker.probability(booster, x_valid, recommender.meta)
     threshold = best_f1_threshold(labels, valid_p)
     recommender.meta["threshold"] = threshold
@@ -286,9 +278,7 @@ def run(
     alternatives = []  # the re-ranker with other seeds, untimed: only for measuring
     for seed in config.ranker_seeds:
         other, other_info = ranker.train(x_valid, labels, rows, replace(config.reranker, seed=seed), negative_rate=rate)
-        alternatives.append(
-            (other, {k: other_info[k] for k in ("objective", "scale_pos_weight", "calibration", "prior")})
-        )
+        alternatives.append((other, ranker.scoring_meta(other_info)))
 
     # Test.
     t4 = time.perf_counter()

@@ -21,7 +21,6 @@ import pandas as pd
 
 from pipelines import feature_store as fs
 from pipelines.config import Settings, Workdir
-from training import ranker
 from training.metrics import classification_report, ranking_report
 from training.recommender import Candidates, Recommender
 
@@ -153,16 +152,17 @@ def evaluate(
     x = pair_features(
         recommender, store, cands, holdout.persons, holdout.sequences, np.asarray(holdout.at, dtype=object), rows, cols
     )
+
+    def ranked_by(order: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(cands.items, order, axis=1)[:, : max(KS)]
+
     order, probability = recommender.rank(cands, x)
-    ranked = np.take_along_axis(cands.items, order, axis=1)[:, : max(KS)]
+    ranked = ranked_by(order)
     labels = np.array([[int(c in rel) for c in row] for row, rel in zip(cands.items, relevant, strict=True)]).ravel()
     p = probability.ravel()
     threshold = float(recommender.meta.get("threshold", 0.5))
     classification = classification_report(labels, p, threshold) if len(labels) else {}
     hits = [bool(set(row) & rel) for row, rel in zip(cands.items, relevant, strict=True) if rel]
     classification["candidate_recall"] = float(np.mean(hits)) if hits else float("nan")
-    others = []
-    for booster, meta in alternatives:
-        other_order, _ = Recommender._order(ranker.probability(booster, x, meta), b, n)
-        others.append(ranking_report(np.take_along_axis(cands.items, other_order, axis=1)[:, : max(KS)], relevant, KS))
+    others = [ranking_report(ranked_by(recommender.rank(cands, x, *other)[0]), relevant, KS) for other in alternatives]
     return Evaluation(ranking_report(ranked, relevant, KS), classification, ranked, labels, p, others)

@@ -272,6 +272,14 @@ def train(
     return booster, info
 
 
+SCORING_META = ("objective", "scale_pos_weight", "calibration", "prior", "best_iteration")
+
+
+def scoring_meta(info: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`probability` needs of :func:`train`'s ``info``: a model's ``meta``."""
+    return {k: info[k] for k in SCORING_META}
+
+
 def predict(
     booster: Any,
     x: NDArray[np.float32],

@@ -58,7 +58,7 @@ class Candidates:
     mu: NDArray[np.float32]  # (B, L) interest embeddings
     attention: NDArray[np.float32]  # (B, T) pooling weights over the encoded events
     encoded_items: NDArray[np.int64]  # (B, T) encoder item indices (0 = pad)
-    recent: NDArray[np.float32] | None = None  # (B, N) recency-weighted item-item scores; None: not computed
+    recent: NDArray[np.float32] | None = None  # (B, N) latest events' item-item scores; None: time unknown
 
 
 def _ranks(scores: NDArray[np.float32]) -> NDArray[np.int64]:
@@ -205,7 +205,7 @@ class Recommender:
             # and precision the sparse product would use.
             item_item = np.zeros(logits.shape, dtype=np.float32)
             m, index = self.item_item, self.vocab.item_index
-            acc = np.zeros(m.shape[1], dtype=np.result_type(np.float32, m.dtype))
+            acc = self._accumulator()
             for r, items in enumerate(seen):
                 rows = sorted({j for j in (index.get(i) for i in items) if j is not None})
                 item_item[r] = _sum_rows(m, np.asarray(rows, dtype=np.intp), None, acc)
@@ -327,6 +327,10 @@ class Recommender:
                 )
         return out
 
+    def _accumulator(self) -> NDArray[Any]:
+        """A row of item-item sums (:func:`_sum_rows`), in the precision a sparse product uses."""
+        return np.zeros(self.item_item.shape[1], dtype=np.result_type(np.float32, self.item_item.dtype))
+
     def recent_scores(self, encoded: NDArray[np.int64]) -> NDArray[np.float32] | None:
         """Every item's recency-weighted item-item score (B, n_items) from each person's last
         :data:`RECENT` events (encoder indices, oldest first), or None when time is unknown.
@@ -335,7 +339,7 @@ class Recommender:
             return None
         lengths = (encoded != PAD).sum(axis=1)
         out = np.zeros((len(encoded), self.vocab.n_items), np.float32)
-        acc = np.zeros(self.item_item.shape[1], dtype=np.result_type(np.float32, self.item_item.dtype))
+        acc = self._accumulator()
         decay = (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
         for r in range(len(encoded)):
             latest = encoded[r, max(0, lengths[r] - RECENT) : lengths[r]][::-1]  # newest first
@@ -346,25 +350,23 @@ class Recommender:
     # -- ranking ---------------------------------------------------------------------------
     def recent_item_item(self, cands: Candidates) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Item-item scores (B, N) of the candidates from the person's latest events only: the
-        recency-weighted sum of :meth:`recent_scores`, and from the last event's item alone.
+        recency-weighted sum of :meth:`recent_scores` (as :meth:`candidates` keeps it), and
+        from the last event's item alone.
         The bag's item-item score weighs a person's whole history alike; what they did last
         says most about what they do next when time is known (a session's items are
         neighbours); without time (one timestamp for every event) both are missing. Each
         person's scores come from its own events alone, so a person gets the same scores in
         any batch."""
         b, n = cands.items.shape
-        if not self.meta.get("time_known", True):  # a source without time: the order means nothing
+        if cands.recent is None:  # time unknown (see recent_scores): the order means nothing
             return np.full((b, n), np.nan, np.float32), np.full((b, n), np.nan, np.float32)
-        recent = cands.recent
-        if recent is None:
-            recent = np.take_along_axis(self.recent_scores(cands.encoded_items), cands.items, axis=1)
         encoded = cands.encoded_items  # (B, T) encoder indices, oldest first, padding after
         last = encoded[np.arange(b), np.maximum((encoded != PAD).sum(axis=1) - 1, 0)]
         from_last = np.zeros((b, n), np.float32)
-        acc = np.zeros(self.item_item.shape[1], dtype=np.result_type(np.float32, self.item_item.dtype))
-        for r in np.flatnonzero(last >= FIRST_ITEM) if n else ():  # the last event's item is known
+        acc = self._accumulator()
+        for r in np.flatnonzero(last >= FIRST_ITEM):  # the last event's item is known to the model
             from_last[r] = _sum_rows(self.item_item, last[r : r + 1] - FIRST_ITEM, None, acc)[cands.items[r]]
-        return recent, from_last
+        return cands.recent, from_last
 
     def signal_columns(self, cands: Candidates, last_platform: list[str | None]) -> dict[str, NDArray[Any]]:
         """The base recommenders' signals per (person, candidate) pair, flattened row-major."""
@@ -405,12 +407,16 @@ class Recommender:
         )
         return ranker.assemble(columns)
 
-    def rank(self, cands: Candidates, x: NDArray[np.float32]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Re-ranked candidate order per person and the calibrated probabilities (B, N)."""
+    def rank(
+        self, cands: Candidates, x: NDArray[np.float32], booster: Any | None = None, meta: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Re-ranked candidate order per person and the calibrated probabilities (B, N), by
+        this model's booster or by another ``booster`` with its ``meta`` (e.g. another seed's)."""
         b, n = cands.items.shape
-        if self.booster is None or n == 0:
+        booster, meta = (self.booster, self.meta) if booster is None else (booster, meta or {})
+        if booster is None or n == 0:
             return np.tile(np.arange(n), (b, 1)), np.zeros((b, n), np.float32)
-        return self._order(ranker.probability(self.booster, x, self.meta), b, n)
+        return self._order(ranker.probability(booster, x, meta), b, n)
 
     @staticmethod
     def _order(p: NDArray[np.float32], b: int, n: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:

@@ -90,8 +90,10 @@ def _recent_case(time_known: bool = True) -> tuple[Recommender, Candidates, np.n
     encoded[3, RECENT - 1] = 1  # the last event's item is unknown: no last-item score
     items = np.stack([rng.choice(n, 7, replace=False) for _ in lengths])
     empty = np.zeros((len(lengths), 7), np.float32)
-    cands = Candidates(items, empty, empty, empty.astype(np.int64), empty.astype(np.int64), empty, empty, encoded)
-    return rec, cands, dense
+    scores = rec.recent_scores(encoded)  # as Recommender.candidates keeps them
+    recent = None if scores is None else np.take_along_axis(scores, items, axis=1)
+    ints = empty.astype(np.int64)
+    return rec, Candidates(items, empty, empty, ints, ints, empty, empty, encoded, recent), dense
 
 
 def test_recent_item_item_scores_weigh_the_latest_events() -> None:
@@ -110,13 +112,11 @@ def test_recent_item_item_scores_weigh_the_latest_events() -> None:
         np.testing.assert_allclose(from_last[r], last[cands.items[r]], rtol=1e-6)
     assert not recent[0].any() and not from_last[3].any() and recent[3].any()
     # each person's scores are what it gets alone
+    every = rec.recent_scores(cands.encoded_items)
     for r in range(len(cands.items)):
-        one = Candidates(
-            *(None if (v := getattr(cands, f)) is None else v[r : r + 1] for f in Candidates.__dataclass_fields__)
-        )
-        alone, alone_last = rec.recent_item_item(one)
-        np.testing.assert_array_equal(alone[0], recent[r])
-        np.testing.assert_array_equal(alone_last[0], from_last[r])
+        np.testing.assert_array_equal(rec.recent_scores(cands.encoded_items[r : r + 1])[0], every[r])
+        one = Candidates(*(getattr(cands, f)[r : r + 1] for f in Candidates.__dataclass_fields__))
+        np.testing.assert_array_equal(rec.recent_item_item(one)[1][0], from_last[r])
 
 
 def test_recent_item_item_scores_are_missing_without_time() -> None:
