@@ -89,19 +89,21 @@ class InFlight:
     model thread), the requests that arrive wait; when it ends, those waiting (up to
     ``limit``) go as the next batch.
 
-    The clients of a batch send their next requests as soon as they have their answers, a
-    fraction of a millisecond apart; the first of them would go alone, and the others as a
-    second batch, each batch paying the VAE's and the booster's fixed cost. So the next batch
-    waits for as many requests as the last one had, for at most ``window`` seconds: a client
-    alone (the last batch had one request) never waits, and when clients leave, one wait of
-    ``window`` shrinks the expectation to the batch that came. ``run`` answers a batch with
-    one result (or exception) per request."""
+    A batch's fixed cost (the VAE's and the booster's calls, one online read per view) is most
+    of a lone request's, so batches should hold every request in flight. When a batch ends,
+    the requests in flight were the batch's own (its clients send their next requests as soon
+    as they have their answers, a fraction of a millisecond apart) and those that arrived while
+    it ran; the next batch waits for that many, for at most ``window`` seconds. Expecting only
+    the last batch's size would keep a worker's clients split in two halves that take turns,
+    each paying the fixed cost. A client alone (nothing arrived during its batch) never waits,
+    and when clients leave, one wait of ``window`` shrinks the expectation to the batch that
+    came. ``run`` answers a batch with one result (or exception) per request."""
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], limit: int = 8, window: float = 0.002) -> None:
         self._run = run
         self._limit = limit
         self._window = window
-        self._expect = 1  # requests the next batch waits for: the size of the last batch
+        self._expect = 1  # requests the next batch waits for: those in flight as the last one ended
         self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
         self._full: asyncio.Future[None] | None = None  # set when as many as expected are waiting
         self._draining = False
@@ -136,11 +138,11 @@ class InFlight:
             while self._waiting:
                 await self._gathered(loop)
                 batch, self._waiting = self._waiting[: self._limit], self._waiting[self._limit :]
-                self._expect = len(batch)
                 try:
                     results = await loop.run_in_executor(self._thread, self._run, [r for r, _ in batch])
                 except Exception as e:  # the whole batch failed: every request gets the error
                     results = [e] * len(batch)
+                self._expect = len(batch) + len(self._waiting)
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():  # cancelled (the request timed out)
                         continue

@@ -53,3 +53,31 @@ def test_more_requests_than_the_limit_go_in_batches_of_the_limit() -> None:
 
     asyncio.run(main())
     assert [len(b) for b in batches] == [3, 3, 1]
+
+
+def test_clients_that_arrived_during_a_batch_and_its_own_go_together_next() -> None:
+    """Two clients, then two more while the first two's batch runs, each sending its next
+    request as soon as it has its answer: the halves do not take turns (each batch paying the
+    fixed cost), the next batch waits for all four."""
+    import time
+
+    batches: list[list[int]] = []
+
+    def run(batch: list[int]) -> list[int]:
+        batches.append(list(batch))
+        time.sleep(0.02)
+        return batch
+
+    async def main() -> None:
+        q = InFlight(run, limit=8, window=0.5)
+
+        async def client(i: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            for _ in range(4):
+                assert await q.submit(i) == i
+
+        await asyncio.gather(client(0, 0), client(1, 0), client(2, 0.01), client(3, 0.01))
+
+    asyncio.run(main())
+    assert sorted(batches[0]) == [0, 1]
+    assert [sorted(b) for b in batches[1:]] == [[0, 1, 2, 3]] * 3 + [[2, 3]]
