@@ -76,3 +76,15 @@ def test_prior_is_part_of_predictions_and_contributions() -> None:
     contributions = ranker.contributions(booster, x[:50], info["prior"])
     # TreeSHAP: the contributions (bias included, the prior in it) add up to the model's margin
     np.testing.assert_allclose(contributions.sum(axis=1), raw, rtol=1e-4, atol=1e-4)
+
+
+def test_lookup_share_gives_each_pair_its_lists_share_of_the_wanted_name() -> None:
+    a_names, a_shares = ["web", "ios", "web"], [0.5, 0.3, 0.2]  # a repeated name: its first share
+    b_names, b_shares = ["ios"], [0.9]
+    names = [a_names, a_names, a_names, b_names, b_names, None, a_names, a_names]
+    shares = [a_shares, a_shares, a_shares, b_shares, b_shares, None, a_shares, a_shares]
+    wanted = ["web", "ios", "android", "ios", "web", "web", None, "ios"]
+    got = ranker.lookup_share(names, shares, wanted)
+    assert got.dtype == np.float32 and got.shape == (8,)
+    np.testing.assert_array_equal(got, np.asarray([0.5, 0.3, 0.0, 0.9, 0.0, 0.0, 0.0, 0.3], dtype=np.float32))
+    assert ranker.lookup_share([], [], []).shape == (0,)
