@@ -121,7 +121,8 @@ class InFlight:
         return await future
 
     async def _gathered(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Until as many requests as the last batch had are waiting, or ``window`` has passed."""
+        """Until as many requests as were in flight when the last batch ended are waiting, or
+        ``window`` has passed."""
         if len(self._waiting) >= min(self._expect, self._limit):
             return
         self._full = loop.create_future()
