@@ -135,10 +135,21 @@ def quality(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _rounds_note(r: dict[str, Any]) -> str:
+    rounds = {len(p.get("rounds") or []) for p in r["profiles"].values()}
+    n = max(rounds) if rounds else 0
+    if n < 2:
+        return ""
+    return (
+        f"; concurrency 8 and the in-process floor alternated in {n} rounds, and the rows show the round "
+        "whose ratio of their p99s is the median"
+    )
+
+
 def serving(r: dict[str, Any]) -> list[str]:
     lines = [
         f"`/recommend` (k=20, re-ranked), separate client process, {r['duration_seconds']} s per level "
-        f"({r['date']}, {r['machine']['cpus']} cores):",
+        f"({r['date']}, {r['machine']['cpus']} cores){_rounds_note(r)}:",
         "",
         "| profile | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|---|",
