@@ -367,6 +367,8 @@ def main() -> None:
         "--rounds", type=int, default=3, help="alternated rounds of the one-at-a-time floor and concurrency 8"
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     base = work_dir("serving")
     settings, workdir = prepare(base, args.events)
     results: dict[str, Any] = {"events": args.events, "duration_seconds": args.seconds, "k": 20, "profiles": {}}

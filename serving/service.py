@@ -97,7 +97,10 @@ class InFlight:
     the last batch's size would keep a worker's clients split in two halves that take turns,
     each paying the fixed cost. A client alone (nothing arrived during its batch) never waits,
     and when clients leave, one wait of ``window`` shrinks the expectation to the batch that
-    came. ``run`` answers a batch with one result (or exception) per request."""
+    came. The price is paid under traffic from many independent clients, whose answered
+    requests need not be followed by new ones: a batch that follows one during which requests
+    queued can wait up to ``window`` for requests that do not come. ``run`` answers a batch
+    with one result (or exception) per request."""
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], limit: int = 8, window: float = 0.002) -> None:
         self._run = run
