@@ -60,6 +60,12 @@ class UnknownPlatform(ValueError):
     pass
 
 
+def _numbers(row: dict[str, Any] | None, names: list[str]) -> list[Any]:
+    """A feature row's values of ``names``, NaN where the row or the value is missing."""
+    row = row or {}
+    return [np.nan if row.get(name) is None else row[name] for name in names]
+
+
 class Engine:
     def __init__(
         self,
@@ -120,13 +126,7 @@ class Engine:
         if len(missing):
             names = self.recommender.vocab.items
             rows = self.reader.read("item_stats", [{"item_id": names[j]} for j in missing])
-            values = np.array(
-                [
-                    [np.nan if (row or {}).get(name) is None else row[name] for name in ranker.FEAST_ITEM]
-                    for row in rows
-                ],
-                dtype=np.float32,
-            )
+            values = np.array([_numbers(row, ranker.FEAST_ITEM) for row in rows], dtype=np.float32)
             with self._lock:
                 self._item_stats[missing] = values
                 self._item_read[missing] = True
@@ -169,11 +169,8 @@ class Engine:
         # Activity: one value per (feature, platform), spread over the candidates of that platform.
         position = {p: i for i, p in enumerate(wanted)}
         of_platform = np.fromiter((position[p] for p in platforms), dtype=np.intp, count=n)
-        table = np.full((len(wanted), len(ranker.FEAST_ACTIVITY)), np.nan, dtype=np.float32)
-        for i, p in enumerate(wanted):
-            row = activity.get(p) or {}
-            table[i] = [np.nan if row.get(name) is None else row[name] for name in ranker.FEAST_ACTIVITY]
-        spread = table[of_platform]
+        table = np.array([_numbers(activity.get(p), ranker.FEAST_ACTIVITY) for p in wanted], dtype=np.float32)
+        spread = table.reshape(len(wanted), len(ranker.FEAST_ACTIVITY))[of_platform]
         for j, name in enumerate(ranker.FEAST_ACTIVITY):
             cols[name] = spread[:, j]
         stats = self._item_features(items)
