@@ -52,8 +52,9 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     reranker: RankerConfig = field(default_factory=RankerConfig)
     # Other seeds of the re-ranker, trained on the same pairs and scored on the same test
-    # candidates, to measure how much its own randomness (row and column subsampling) moves
-    # the figures; the shipped re-ranker is the one of ``reranker.seed``.
+    # candidates, to measure how much its own randomness (which persons it holds out for
+    # early stopping and calibration, row and column subsampling) moves the figures; the
+    # shipped re-ranker is the one of ``reranker.seed``.
     ranker_seeds: tuple[int, ...] = ()
     seed: int = 0
 

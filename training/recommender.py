@@ -234,9 +234,9 @@ class Recommender:
         """``n`` candidates per person: the union of the best unseen items (of the target
         ``platform``) by the VAE and by the item-item model, half from each where they differ;
         when time is known, also by the latest events' item-item scores (:meth:`recent_scores`),
-        a third from each. Ordered by that merged priority (then VAE score). With ``items`` (B, M), those items are the candidates instead (for scoring
-        given items). ``encoded``: what :meth:`encode` gives for ``sequences``, when already
-        at hand."""
+        a third from each. Ordered by that merged priority (then VAE score). With ``items``
+        (B, M), those items are the candidates instead (for scoring given items). ``encoded``:
+        what :meth:`encode` gives for ``sequences``, when already at hand."""
         n = n or self.n_candidates
         logits, item_item, blocked, mu, attention, encoded = self._scores(
             sequences, seen, platform, exclude_seen, encoded
@@ -351,12 +351,11 @@ class Recommender:
     def recent_item_item(self, cands: Candidates) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Item-item scores (B, N) of the candidates from the person's latest events only: the
         recency-weighted sum of :meth:`recent_scores` (as :meth:`candidates` keeps it), and
-        from the last event's item alone.
-        The bag's item-item score weighs a person's whole history alike; what they did last
-        says most about what they do next when time is known (a session's items are
-        neighbours); without time (one timestamp for every event) both are missing. Each
-        person's scores come from its own events alone, so a person gets the same scores in
-        any batch."""
+        from the last event's item alone. The bag's item-item score weighs a person's whole
+        history alike; what they did last says most about what they do next when time is known
+        (a session's items are neighbours); without time (one timestamp for every event) both
+        are missing. Each person's scores come from its own events alone, so a person gets the
+        same scores in any batch."""
         b, n = cands.items.shape
         if cands.recent is None:  # time unknown (see recent_scores): the order means nothing
             return np.full((b, n), np.nan, np.float32), np.full((b, n), np.nan, np.float32)
