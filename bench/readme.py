@@ -136,8 +136,7 @@ def quality(r: dict[str, Any]) -> list[str]:
 
 
 def _rounds_note(r: dict[str, Any]) -> str:
-    rounds = {len(p.get("rounds") or []) for p in r["profiles"].values()}
-    n = max(rounds) if rounds else 0
+    n = max((len(p.get("rounds") or []) for p in r["profiles"].values()), default=0)
     if n < 2:
         return ""
     return (

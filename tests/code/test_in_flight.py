@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from serving.service import InFlight
 
@@ -59,8 +60,6 @@ def test_clients_that_arrived_during_a_batch_and_its_own_go_together_next() -> N
     """Two clients, then two more while the first two's batch runs, each sending its next
     request as soon as it has its answer: the halves do not take turns (each batch paying the
     fixed cost), the next batch waits for all four."""
-    import time
-
     batches: list[list[int]] = []
 
     def run(batch: list[int]) -> list[int]:
