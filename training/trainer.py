@@ -25,9 +25,12 @@ class TrainConfig:
     batch_size: int | None = None  # default: 256, smaller for small data (at least ~20 steps per epoch)
     lr: float = 3e-3
     weight_decay: float = 0.0
-    beta_max: float = 0.2
-    anneal_steps: int = 3000  # steps for beta to grow from 0 to beta_max
-    patience: int = 4  # epochs without a better validation NDCG@20 before stopping
+    beta_max: float = 1.0
+    # Epochs for beta to grow linearly (per step) from 0 to beta_max. Counted in epochs, not
+    # steps, so that the KL term weighs the same on 2,000 persons as on 200,000: a fixed step
+    # count left beta near 0 on small data, where the model then overfits within 2 epochs.
+    anneal_epochs: float = 10.0
+    patience: int = 8  # epochs without a better validation NDCG@20 before stopping
     seed: int = 0
     threads: int = 2
 
@@ -111,6 +114,7 @@ def fit(
     started = time.perf_counter()
     n = len(bags)
     batch_size = config.batch_size or int(min(256, max(32, n // 20)))
+    anneal_steps = max(1.0, config.anneal_epochs * -(-n // batch_size))
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -125,7 +129,7 @@ def fit(
             totals = np.zeros(3)
             for lo in range(0, n, batch_size):
                 rows = order[lo : lo + batch_size]
-                beta = min(config.beta_max, config.beta_max * step / max(1, config.anneal_steps))
+                beta = min(config.beta_max, config.beta_max * step / anneal_steps)
                 logits, mu, logvar = model(*_tensors(inputs, rows))
                 loss, nll, kl = vae_loss(logits, torch.from_numpy(bags[rows]), mu, logvar, beta)
                 optimiser.zero_grad()

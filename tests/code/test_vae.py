@@ -166,3 +166,25 @@ def test_bag_branch_sees_every_seen_item_as_a_set() -> None:
     more = torch.tensor([[5, 9, 12, 30, 0], [7, 3, 20, 21, 0]])
     changed = model.encode(items, actions, platforms, gaps, more)[0]
     assert not torch.allclose(mu[0], changed[0], atol=1e-4) and torch.allclose(mu[1], changed[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [40, 400])
+def test_beta_reaches_its_maximum_after_the_anneal_epochs_whatever_the_data_size(n: int) -> None:
+    """beta grows per step over ``anneal_epochs`` epochs: half-way after the first of two anneal
+    epochs, at ``beta_max`` from the third on, on 40 persons as on 400 (a step count would not)."""
+    rng = np.random.default_rng(0)
+    items = rng.integers(2, CONFIG.n_items + 2, (n, 4))
+    inputs = {
+        "items": items,
+        "actions": np.ones_like(items),
+        "platforms": np.full_like(items, 2),
+        "gaps": np.zeros((n, 4), np.float32),
+    }
+    bags = np.zeros((n, CONFIG.n_items), np.float32)
+    np.put_along_axis(bags, items - 2, 1.0, axis=1)
+    config = TrainConfig(epochs=3, batch_size=n // 4, beta_max=0.8, anneal_epochs=2.0)
+    _, history = fit(CONFIG, inputs, bags, np.array([], dtype=np.int64), [], config)
+    betas = [e["beta"] for e in history.epochs]  # the weight of each epoch's last step
+    assert betas[0] == pytest.approx(0.8 * 3 / 8)  # step 3 of 8
+    assert betas[1] == pytest.approx(0.8 * 7 / 8)
+    assert betas[2] == pytest.approx(0.8)
