@@ -102,6 +102,20 @@ def lift_interval(
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
+def lift_by_ranker_seed(both: ExperimentResult, alone: ExperimentResult, mask: np.ndarray) -> dict[str, float]:
+    """NDCG@20(both) / NDCG@20(alone) - 1 of VAE + re-ranker for the persons in ``mask``, with
+    the re-ranker of each seed in both arms: how much of the lift the re-ranker's own randomness
+    could make."""
+    rows = np.flatnonzero(mask)
+    out = {}
+    for seed, ranked in both.ranker_seeds_ranked.items():
+        if seed in alone.ranker_seeds_ranked:
+            a = ndcg_at_k(alone.ranker_seeds_ranked[seed][rows], [alone.relevant[i] for i in rows], 20).mean()
+            b = ndcg_at_k(ranked[rows], [both.relevant[i] for i in rows], 20).mean()
+            out[str(seed)] = round(float(b / max(a, 1e-12) - 1), 4)
+    return out
+
+
 def summarise(result: ExperimentResult, split: Split) -> dict[str, Any]:
     history = result.history
     persons = len(split.train_events["person_id"].unique())
@@ -150,6 +164,7 @@ def douban(base: Path, data_dir: Path, config: ExperimentConfig) -> dict[str, An
     out["cross_platform_lift_ndcg20"] = lift
     sparse = sparse_persons(split, pd.Index(both.holdout.persons))
     out["cross_platform_lift_sparse_ci95"] = lift_interval(both, alone, sparse)
+    out["cross_platform_lift_sparse_by_ranker_seed"] = lift_by_ranker_seed(both, alone, sparse)
     out["vs_best_baseline_sparse"] = versus_best_baseline(both.ranked, both.relevant, sparse)
     out["sparse_persons"] = both.breakdown.get(SPARSE, {}).get("vae+ranker", {}).get("persons", 0)
     return out

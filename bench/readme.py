@@ -231,16 +231,17 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
             .get("sparse(<=5 events on the platform)/vae+ranker")
         )
         if lift is not None:
+            notes = []
+            if ci := d["douban"].get("cross_platform_lift_sparse_ci95"):
+                notes.append(f"95% CI {ci[0]:+.1%} to {ci[1]:+.1%}")
+            if len(seeds := d["douban"].get("cross_platform_lift_sparse_by_ranker_seed") or {}) > 1:
+                low, high = min(seeds.values()), max(seeds.values())
+                notes.append(f"re-ranker seeds {','.join(seeds)}: {low:+.1%} to {high:+.1%}")
             lines.append(
                 _row(
                     "quality: cross-platform lift",
                     ">= +10% for persons with <= 5 book events",
-                    f"{lift:+.1%}"
-                    + (
-                        f" (95% CI {ci[0]:+.1%} to {ci[1]:+.1%})"
-                        if (ci := d["douban"].get("cross_platform_lift_sparse_ci95"))
-                        else ""
-                    ),
+                    f"{lift:+.1%}" + (f" ({'; '.join(notes)})" if notes else ""),
                     lift >= 0.1,
                 )
             )

@@ -76,6 +76,7 @@ class ExperimentResult:
     ranked: dict[str, np.ndarray] = field(default_factory=dict)  # model → (test persons, 50) decoder indices
     relevant: list[set[int]] = field(default_factory=list)
     ranker_seeds: dict[int, dict[str, float]] = field(default_factory=dict)  # seed → VAE + re-ranker metrics
+    ranker_seeds_ranked: dict[int, np.ndarray] = field(default_factory=dict)  # seed → (test persons, 50) indices
 
 
 class _View:
@@ -336,6 +337,9 @@ def run(
     seeds = {config.reranker.seed: metrics["vae+ranker"]} | dict(
         zip(config.ranker_seeds, evaluation.alternatives, strict=True)
     )
+    seeds_ranked = {config.reranker.seed: ranked["vae+ranker"]} | dict(
+        zip(config.ranker_seeds, evaluation.alternatives_ranked, strict=True)
+    )
     return ExperimentResult(
         recommender,
         metrics,
@@ -349,6 +353,7 @@ def run(
         ranked,
         relevant,
         seeds,
+        seeds_ranked,
     )
 
 
