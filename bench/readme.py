@@ -173,8 +173,11 @@ def serving(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _row(name: str, target: str, now: str, met: bool) -> str:
-    return f"| {name} | {target} | {now} | {'yes' if met else 'no'} |"
+def _row(name: str, target: str, now: str, met: bool, every_seed: bool = True) -> str:
+    """One target row; ``every_seed`` False marks a target the shipped re-ranker meets but
+    another of its seeds does not."""
+    verdict = ("yes" if every_seed else "yes, not with every re-ranker seed") if met else "no"
+    return f"| {name} | {target} | {now} | {verdict} |"
 
 
 def targets(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -223,6 +226,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
                     "VAE + re-ranker above EASE/ItemKNN on NDCG@20",
                     f"{ours:.4f} vs {baseline} {theirs:.4f} ({ours / theirs - 1:+.1%}{noise})",
                     ours > theirs,
+                    all(v > theirs for v in seeds.values()),
                 )
             )
         lift = (
@@ -243,6 +247,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
                     ">= +10% for persons with <= 5 book events",
                     f"{lift:+.1%}" + (f" ({'; '.join(notes)})" if notes else ""),
                     lift >= 0.1,
+                    all(v >= 0.1 for v in seeds.values()),
                 )
             )
     if "serving" in results:
