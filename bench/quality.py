@@ -94,8 +94,7 @@ def lift_interval(
     """95% bootstrap interval (persons resampled, paired, seeded) of NDCG@20(both) / NDCG@20(alone) - 1
     for the persons in ``mask`` (the two arms hold out the same pairs for the same persons)."""
     rows = np.flatnonzero(mask)
-    a = ndcg_at_k(alone.ranked[model][rows], [alone.relevant[i] for i in rows], 20)
-    b = ndcg_at_k(both.ranked[model][rows], [both.relevant[i] for i in rows], 20)
+    a, b = _ndcg20(alone, alone.ranked[model], rows), _ndcg20(both, both.ranked[model], rows)
     lo, hi = _interval(
         lambda pick: b[pick].mean(axis=1) / np.maximum(a[pick].mean(axis=1), 1e-12) - 1, len(rows), draws
     )
@@ -108,12 +107,15 @@ def lift_by_ranker_seed(both: ExperimentResult, alone: ExperimentResult, mask: n
     could make."""
     rows = np.flatnonzero(mask)
     out = {}
-    for seed, ranked in both.ranker_seeds_ranked.items():
-        if seed in alone.ranker_seeds_ranked:
-            a = ndcg_at_k(alone.ranker_seeds_ranked[seed][rows], [alone.relevant[i] for i in rows], 20).mean()
-            b = ndcg_at_k(ranked[rows], [both.relevant[i] for i in rows], 20).mean()
-            out[str(seed)] = round(float(b / max(a, 1e-12) - 1), 4)
+    for seed, ranked in both.ranker_seeds.items():
+        a, b = _ndcg20(alone, alone.ranker_seeds[seed], rows).mean(), _ndcg20(both, ranked, rows).mean()
+        out[str(seed)] = round(float(b / max(a, 1e-12) - 1), 4)
     return out
+
+
+def _ndcg20(result: ExperimentResult, ranked: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per-person NDCG@20 of ``ranked`` (one of ``result``'s ranked lists) for ``rows``."""
+    return ndcg_at_k(ranked[rows], [result.relevant[i] for i in rows], 20)
 
 
 def summarise(result: ExperimentResult, split: Split) -> dict[str, Any]:
@@ -135,7 +137,7 @@ def summarise(result: ExperimentResult, split: Split) -> dict[str, Any]:
         "timings": {k: round(v, 1) for k, v in result.timings.items()},
         # VAE + re-ranker NDCG@20 with the re-ranker trained on other seeds (same pairs, same
         # test candidates): how much of a difference its own randomness can make.
-        "ranker_seeds_ndcg20": {str(seed): m["ndcg@20"] for seed, m in result.ranker_seeds.items()},
+        "ranker_seeds_ndcg20": {str(seed): m["ndcg@20"] for seed, m in result.seed_metrics().items()},
     }
 
 
@@ -210,6 +212,7 @@ def synthetic_retraining(base: Path, data_dir: Path, config: ExperimentConfig) -
     a = run(stale, items, persons, base / "scratch" / "synthetic-stale", config)
     b = run(retrained, items, persons, base / "scratch" / "synthetic-retrained", config)
     ndcg_a, ndcg_b = a.metrics["vae+ranker"]["ndcg@20"], b.metrics["vae+ranker"]["ndcg@20"]
+    before, after = a.seed_metrics(), b.seed_metrics()
     return {
         "test_persons": int(recent_test["person_id"].nunique()),
         "trained_before_feedback_period": a.metrics,
@@ -220,8 +223,7 @@ def synthetic_retraining(base: Path, data_dir: Path, config: ExperimentConfig) -
         "relative_change": round(ndcg_b / max(ndcg_a, 1e-12) - 1, 4),
         # the same comparison for each seed of the re-ranker (both models trained with it)
         "ranker_seeds_relative_change": {
-            str(seed): round(b.ranker_seeds[seed]["ndcg@20"] / max(m["ndcg@20"], 1e-12) - 1, 4)
-            for seed, m in a.ranker_seeds.items()
+            str(seed): round(after[seed]["ndcg@20"] / max(m["ndcg@20"], 1e-12) - 1, 4) for seed, m in before.items()
         },
     }
 

@@ -238,7 +238,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
             notes = []
             if ci := d["douban"].get("cross_platform_lift_sparse_ci95"):
                 notes.append(f"95% CI {ci[0]:+.1%} to {ci[1]:+.1%}")
-            if len(seeds := d["douban"].get("cross_platform_lift_sparse_by_ranker_seed") or {}) > 1:
+            seeds = d["douban"].get("cross_platform_lift_sparse_by_ranker_seed") or {}
+            if len(seeds) > 1:
                 low, high = min(seeds.values()), max(seeds.values())
                 notes.append(f"re-ranker seeds {','.join(seeds)}: {low:+.1%} to {high:+.1%}")
             lines.append(

@@ -75,8 +75,11 @@ class ExperimentResult:
     holdout: Holdout
     ranked: dict[str, np.ndarray] = field(default_factory=dict)  # model → (test persons, 50) decoder indices
     relevant: list[set[int]] = field(default_factory=list)
-    ranker_seeds: dict[int, dict[str, float]] = field(default_factory=dict)  # seed → VAE + re-ranker metrics
-    ranker_seeds_ranked: dict[int, np.ndarray] = field(default_factory=dict)  # seed → (test persons, 50) indices
+    ranker_seeds: dict[int, np.ndarray] = field(default_factory=dict)  # seed → VAE + re-ranker's (test persons, 50)
+
+    def seed_metrics(self) -> dict[int, dict[str, float]]:
+        """Recall/NDCG@K of VAE + re-ranker with the re-ranker of each seed."""
+        return {seed: ranking_report(r, self.relevant, KS) for seed, r in self.ranker_seeds.items()}
 
 
 class _View:
@@ -334,11 +337,8 @@ def run(
         "ranker": ranker_info,
         "threshold": threshold,
     }
-    seeds = {config.reranker.seed: metrics["vae+ranker"]} | dict(
+    seeds = {config.reranker.seed: ranked["vae+ranker"]} | dict(
         zip(config.ranker_seeds, evaluation.alternatives, strict=True)
-    )
-    seeds_ranked = {config.reranker.seed: ranked["vae+ranker"]} | dict(
-        zip(config.ranker_seeds, evaluation.alternatives_ranked, strict=True)
     )
     return ExperimentResult(
         recommender,
@@ -353,7 +353,6 @@ def run(
         ranked,
         relevant,
         seeds,
-        seeds_ranked,
     )
 
 

@@ -130,8 +130,7 @@ class Evaluation:
     ranked: np.ndarray  # (persons, 50) re-ranked decoder indices
     labels: np.ndarray
     probability: np.ndarray
-    alternatives: list[dict[str, float]] = field(default_factory=list)  # Recall/NDCG@K per alternative booster
-    alternatives_ranked: list[np.ndarray] = field(default_factory=list)  # their (persons, 50) re-ranked indices
+    alternatives: list[np.ndarray] = field(default_factory=list)  # (persons, 50) re-ranked by each alternative booster
 
 
 def evaluate(
@@ -143,8 +142,8 @@ def evaluate(
     """Recall/NDCG@K of the re-ranked candidates, and the re-ranker's classification metrics
     on the candidates (a candidate is positive when it is a held-out item). ``alternatives``:
     other boosters (each with its meta: prior, calibration) that re-rank the same candidates
-    from the same features, e.g. the re-ranker trained with other seeds; their Recall/NDCG@K
-    and ranked lists come back in the same order."""
+    from the same features, e.g. the re-ranker trained with other seeds; their ranked lists
+    come back in the same order."""
     store = store or holdout.store()
     relevant = relevant_indices(holdout.relevant, recommender)
     cands = recommender.candidates(holdout.sequences, holdout.seen, holdout.target_platform)
@@ -166,12 +165,4 @@ def evaluate(
     hits = [bool(set(row) & rel) for row, rel in zip(cands.items, relevant, strict=True) if rel]
     classification["candidate_recall"] = float(np.mean(hits)) if hits else float("nan")
     others = [ranked_by(recommender.rank(cands, x, *other)[0]) for other in alternatives]
-    return Evaluation(
-        ranking_report(ranked, relevant, KS),
-        classification,
-        ranked,
-        labels,
-        p,
-        [ranking_report(r, relevant, KS) for r in others],
-        others,
-    )
+    return Evaluation(ranking_report(ranked, relevant, KS), classification, ranked, labels, p, others)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -114,7 +115,7 @@ def fit(
     started = time.perf_counter()
     n = len(bags)
     batch_size = config.batch_size or int(min(256, max(32, n // 20)))
-    anneal_steps = max(1.0, config.anneal_epochs * -(-n // batch_size))
+    anneal_steps = max(1.0, config.anneal_epochs * math.ceil(n / batch_size))
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),

@@ -170,8 +170,9 @@ def test_bag_branch_sees_every_seen_item_as_a_set() -> None:
 
 @pytest.mark.parametrize("n", [40, 400])
 def test_beta_reaches_its_maximum_after_the_anneal_epochs_whatever_the_data_size(n: int) -> None:
-    """beta grows per step over ``anneal_epochs`` epochs: half-way after the first of two anneal
-    epochs, at ``beta_max`` from the third on, on 40 persons as on 400 (a step count would not)."""
+    """beta grows per step over ``anneal_epochs`` epochs and reaches ``beta_max`` in the third
+    epoch, on 40 persons (4 steps per epoch) as on 400 (40 steps): a fixed step count could not
+    do both."""
     rng = np.random.default_rng(0)
     items = rng.integers(2, CONFIG.n_items + 2, (n, 4))
     inputs = {
@@ -182,9 +183,10 @@ def test_beta_reaches_its_maximum_after_the_anneal_epochs_whatever_the_data_size
     }
     bags = np.zeros((n, CONFIG.n_items), np.float32)
     np.put_along_axis(bags, items - 2, 1.0, axis=1)
-    config = TrainConfig(epochs=3, batch_size=n // 4, beta_max=0.8, anneal_epochs=2.0)
+    config = TrainConfig(epochs=3, batch_size=10, beta_max=0.8, anneal_epochs=2.0)
     _, history = fit(CONFIG, inputs, bags, np.array([], dtype=np.int64), [], config)
     betas = [e["beta"] for e in history.epochs]  # the weight of each epoch's last step
-    assert betas[0] == pytest.approx(0.8 * 3 / 8)  # step 3 of 8
-    assert betas[1] == pytest.approx(0.8 * 7 / 8)
+    steps = n // 10  # per epoch; the anneal takes 2 * steps, the last step of epoch e is (e + 1) * steps - 1
+    assert betas[0] == pytest.approx(0.8 * (steps - 1) / (2 * steps))
+    assert betas[1] == pytest.approx(0.8 * (2 * steps - 1) / (2 * steps))
     assert betas[2] == pytest.approx(0.8)
