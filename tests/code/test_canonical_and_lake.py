@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.adapters import AdapterError, parse_source
@@ -44,6 +45,22 @@ def test_canonical_csv_ingest(tmp_path: Path, settings: Settings, workdir: Workd
     assert events["person_id"].nunique() == 1
     assert events["ts"].iloc[0] == pd.Timestamp("2024-01-01T08:01:00Z")  # the offset is applied
     assert events["ts"].iloc[2] == pd.Timestamp("2024-01-02T00:00:00Z")  # no offset means UTC
+
+
+def test_event_files_keep_time_ranges_but_no_string_ranges(
+    tmp_path: Path, settings: Settings, workdir: Workdir
+) -> None:
+    ingest_sources([("canonical", _canonical(tmp_path))], workdir, settings)
+    lake = Lake(workdir.lake)
+    for relative in lake.manifest().partitions.values():
+        row_group = pq.ParquetFile(lake.root / relative).metadata.row_group(0)
+        stats = {
+            row_group.column(i).path_in_schema: row_group.column(i).statistics for i in range(row_group.num_columns)
+        }
+        # readers can skip a file by its time range; string ranges prune nothing and cost time
+        assert stats["ts"] is not None and stats["ts"].has_min_max
+        assert stats["event_id"] is None or not stats["event_id"].has_min_max
+        assert stats["person_id"] is None or not stats["person_id"].has_min_max
 
 
 def test_unknown_adapter_and_missing_path_are_clear_errors(tmp_path: Path) -> None:
