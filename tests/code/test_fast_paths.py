@@ -7,6 +7,7 @@ definition, so these tests feed both the easy and the awkward inputs.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from pipelines.adapters.base import (
 )
 from pipelines.contract import (
     EVENTS_SCHEMA,
+    _hash_fields,
+    _native_blake2b,
     bot_mask,
     clean_strings,
     conform_events,
@@ -39,6 +42,7 @@ from pipelines.contract import (
     flag_bots,
 )
 from pipelines.lake import Lake
+from tests.conftest import require_or_skip
 
 
 def _same_times(arrow: pa.Array, pandas: pd.Series) -> bool:
@@ -48,7 +52,7 @@ def _same_times(arrow: pa.Array, pandas: pd.Series) -> bool:
     return got == want
 
 
-def test_content_ids_are_stable_across_versions() -> None:
+def test_content_ids_are_stable_across_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ids computed by the original implementation: existing lakes must keep deduplicating."""
     rows = pd.DataFrame(
         [
@@ -76,6 +80,29 @@ def test_content_ids_are_stable_across_versions() -> None:
     events = conform_events(rows)
     assert content_event_ids(events).tolist() == expected
     assert content_ids(conform_table(rows)).to_pylist() == expected
+    monkeypatch.setenv("XINTEREST_NATIVE_HASH", "0")  # the Python fallback gives the same ids
+    assert content_ids(conform_table(rows)).to_pylist() == expected
+
+
+def test_native_blake2b_is_hashlibs_blake2b_at_every_length_around_the_block() -> None:
+    """pipelines/_blake2b.c against hashlib, on strings of 0 to 400 bytes (one, two and three
+    128-byte blocks, and their edges) and sliced Arrow arrays; it must be built where CI runs."""
+    native = _native_blake2b()
+    if native is None:
+        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C hasher pipelines/_blake2b.c was not built (no C compiler?)")
+    rng = np.random.default_rng(0)
+    strings = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in range(401)]
+    data = b"".join(strings)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings])]).astype(np.int64)
+    assert native.digests(data, offsets) == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in strings)
+    # through _hash_fields: a slice of an Arrow array, nulls replaced, as ingest hashes content
+    column = pa.array(["a", None, "\u00e9" * 70, "", "x" * 300, "b"]).slice(1, 4)
+    want = [
+        "h" + hashlib.blake2b(s.encode(), digest_size=16).hexdigest() for s in ["\x00", "\u00e9" * 70, "", "x" * 300]
+    ]
+    assert _hash_fields([column]).to_pylist() == want
+    with pytest.raises(ValueError, match="not a range"):
+        native.digests(b"abc", np.array([0, 4], dtype=np.int64))
 
 
 def test_clean_strings_trims_exactly_like_utf8_trim_whitespace() -> None:
