@@ -14,16 +14,16 @@ functions hash through the same code, so each answer is the same by construction
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from pipelines.native import buffers, kernels
 
 ACTIONS: tuple[str, ...] = (
     "view",
@@ -536,13 +536,10 @@ def _hash_fields(fields: Iterable[pa.Array | pa.ChunkedArray], step: int = 1 << 
     joined = pc.binary_join_element_wise(*fields, "\x1f", null_handling="replace", null_replacement="\x00")
     if isinstance(joined, pa.ChunkedArray):
         joined = joined.combine_chunks()
-    joined = joined.cast(pa.large_binary())
-    native = _native_blake2b()
-    if native is not None:  # every row in C, without the GIL (pipelines/_blake2b.c)
-        n = len(joined)
-        offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + n + 1]
-        data = joined.buffers()[2]
-        return prefixed_hex(b"h", native.digests(data if data is not None else b"", np.ascontiguousarray(offsets)))
+    joined = joined.cast(pa.binary())
+    native = kernels()
+    if native is not None:  # every row in C, without the GIL (pipelines/_native.c)
+        return prefixed_hex(b"h", native.blake2b_128(*buffers(joined)))
     # BLAKE2b has no vectorised form in Python: hash row by row, as cheaply as Python allows
     # (copying a configured hash object beats parsing the digest_size keyword on every row), a
     # slice of rows at a time so that the Python objects of one slice reuse the memory of the
@@ -555,18 +552,6 @@ def _hash_fields(fields: Iterable[pa.Array | pa.ChunkedArray], step: int = 1 << 
             digest.update(data)
             digests += digest.digest()
     return prefixed_hex(b"h", digests)
-
-
-def _native_blake2b() -> Any | None:
-    """The C batch hasher (pipelines/_blake2b.c), or None when it was not built; set
-    ``XINTEREST_NATIVE_HASH=0`` to hash in Python (both give the same ids)."""
-    if os.environ.get("XINTEREST_NATIVE_HASH", "1") == "0":
-        return None
-    try:
-        from pipelines import _blake2b  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _blake2b
 
 
 # Two lowercase hex digits per byte value, as one little-endian uint16 each (the digits' bytes in order).

@@ -52,6 +52,7 @@ from pipelines.contract import (
 )
 from pipelines.identity import Pseudonymiser, resolve_persons_indexed
 from pipelines.lake import DICTIONARY_COLUMNS, Lake
+from pipelines.native import buffers, kernels
 from pipelines.synthetic import SyntheticConfig, generate
 
 log = logging.getLogger(__name__)
@@ -411,10 +412,15 @@ _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(
 
 
 def _string_hashes(values: pa.ChunkedArray) -> np.ndarray | None:
-    """A 64-bit hash of every string (any value for nulls) from its length and its first and
-    last eight bytes, so equal strings always hash alike; None if the column is not strings."""
+    """A 64-bit hash of every string (any value for nulls), equal strings always alike: of all
+    its bytes in C (pipelines/_native.c), else from its length and its first and last eight
+    bytes; None if the column is not strings."""
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         return None
+    native = kernels()
+    if native is not None:
+        parts = [np.frombuffer(native.hash64(*buffers(chunk)), dtype=np.uint64) for chunk in values.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     parts = []
     for chunk in values.chunks:
         n = len(chunk)

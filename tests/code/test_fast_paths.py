@@ -31,7 +31,6 @@ from pipelines.adapters.base import (
 from pipelines.contract import (
     EVENTS_SCHEMA,
     _hash_fields,
-    _native_blake2b,
     bot_mask,
     clean_strings,
     conform_events,
@@ -41,7 +40,9 @@ from pipelines.contract import (
     first_occurrences,
     flag_bots,
 )
+from pipelines.ingest import _repeated
 from pipelines.lake import Lake
+from pipelines.native import hash64, kernels
 from tests.conftest import require_or_skip
 
 
@@ -80,29 +81,50 @@ def test_content_ids_are_stable_across_versions(monkeypatch: pytest.MonkeyPatch)
     events = conform_events(rows)
     assert content_event_ids(events).tolist() == expected
     assert content_ids(conform_table(rows)).to_pylist() == expected
-    monkeypatch.setenv("XINTEREST_NATIVE_HASH", "0")  # the Python fallback gives the same ids
+    monkeypatch.setenv("XINTEREST_NATIVE", "0")  # the Python fallback gives the same ids
     assert content_ids(conform_table(rows)).to_pylist() == expected
 
 
-def test_native_blake2b_is_hashlibs_blake2b_at_every_length_around_the_block() -> None:
-    """pipelines/_blake2b.c against hashlib, on strings of 0 to 400 bytes (one, two and three
-    128-byte blocks, and their edges) and sliced Arrow arrays; it must be built where CI runs."""
-    native = _native_blake2b()
+def test_native_kernels_match_their_python_definitions_at_every_length_around_the_block() -> None:
+    """pipelines/_native.c against hashlib's BLAKE2b and the Python hash64, on strings of 0 to
+    400 bytes (one, two and three 128-byte blocks, and their edges) and on sliced Arrow arrays
+    with nulls; the extension must be built where CI runs."""
+    native = kernels()
     if native is None:
-        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C hasher pipelines/_blake2b.c was not built (no C compiler?)")
+        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C kernels pipelines/_native.c were not built (no C compiler?)")
     rng = np.random.default_rng(0)
     strings = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in range(401)]
     data = b"".join(strings)
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings])]).astype(np.int64)
-    assert native.digests(data, offsets) == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in strings)
-    # through _hash_fields: a slice of an Arrow array, nulls replaced, as ingest hashes content
+    assert native.blake2b_128(data, offsets) == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in strings)
+    assert np.frombuffer(native.hash64(data, offsets), dtype=np.uint64).tolist() == [hash64(s) for s in strings]
+    # content ids as ingest computes them: a slice of an Arrow array, nulls replaced
     column = pa.array(["a", None, "\u00e9" * 70, "", "x" * 300, "b"]).slice(1, 4)
-    want = [
-        "h" + hashlib.blake2b(s.encode(), digest_size=16).hexdigest() for s in ["\x00", "\u00e9" * 70, "", "x" * 300]
+    texts = ["\x00", "\u00e9" * 70, "", "x" * 300]
+    assert _hash_fields([column]).to_pylist() == [
+        "h" + hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts
     ]
-    assert _hash_fields([column]).to_pylist() == want
     with pytest.raises(ValueError, match="not a range"):
-        native.digests(b"abc", np.array([0, 4], dtype=np.int64))
+        native.blake2b_128(b"abc", np.array([0, 4], dtype=np.int64))
+
+
+def test_repeated_finds_the_same_rows_with_and_without_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeats by value among chosen rows, the first of each value kept, nulls never repeats;
+    tiny buckets force every string through the exact comparison."""
+    rng = np.random.default_rng(1)
+    values = [None if v == 7 else f"id-{v}" + "x" * int(v % 11) for v in rng.integers(0, 400, 3000)]
+    column = pa.chunked_array([pa.array(values[:1000]), pa.array(values[1000:])])
+    among = rng.random(3000) < 0.8
+    seen: set[str] = set()
+    want = np.zeros(3000, dtype=bool)
+    for i, v in enumerate(values):
+        if among[i] and v is not None:
+            want[i] = v in seen
+            seen.add(v)
+    for native in ("1", "0"):
+        monkeypatch.setenv("XINTEREST_NATIVE", native)
+        assert (_repeated(column, among) == want).all()
+        assert (_repeated(column, among, bits=3) == want).all()
 
 
 def test_clean_strings_trims_exactly_like_utf8_trim_whitespace() -> None:

@@ -1,13 +1,20 @@
 /*
- * BLAKE2b-128 of many short byte strings at once: what hashlib.blake2b(s, digest_size=16)
- * gives for each string, without a Python call per string and without the GIL.
+ * The C kernels of ingest, each over many short byte strings at once (an Arrow-style data
+ * buffer and int64 offsets), without a Python call per string and without the GIL:
  *
- * Ingest names events that come without an id by the BLAKE2b digest of their content
- * (pipelines.contract.content_ids); hashing row by row in Python was the largest cost of an
- * ingest that the GIL serialised. This is the compression function of RFC 7693, unkeyed,
- * with a 16-byte digest; tests/code/test_contract.py checks it against hashlib on strings of
- * every length around the block size. pipelines.contract falls back to hashlib when this
- * module was not built (no C compiler at install).
+ * - blake2b_128: what hashlib.blake2b(s, digest_size=16) gives for each string. Ingest names
+ *   events that come without an id by the BLAKE2b digest of their content
+ *   (pipelines.contract.content_ids); hashing row by row in Python was the largest cost of an
+ *   ingest that the GIL serialised. This is the compression function of RFC 7693, unkeyed,
+ *   with a 16-byte digest.
+ * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
+ *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
+ *   repeated event ids
+ *   (pipelines.ingest._repeated), where equal strings must hash alike and nothing more.
+ *
+ * tests/code/test_fast_paths.py checks them against hashlib and a Python hash64. The module
+ * is optional (pipelines.native): without a C compiler at install, ingest computes the same
+ * values in Python and numpy, more slowly.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -116,43 +123,81 @@ static void blake2b_16(const uint8_t *data, uint64_t n, uint8_t out[16]) {
         for (int j = 0; j < 8; j++) out[8 * i + j] = (uint8_t)(h[i] >> (8 * j));
 }
 
-/* digests(data, offsets) -> bytes: the 16-byte digest of data[offsets[i]:offsets[i+1]] for
- * each i, one after another. offsets: native int64, non-decreasing, within data. */
-static PyObject *digests(PyObject *self, PyObject *args) {
+/* The n = len(offsets) / 8 - 1 ranges data[offsets[i]:offsets[i+1]], checked; n < 0 on error. */
+static Py_ssize_t ranges(Py_buffer *data, Py_buffer *offsets) {
+    if (offsets->len % 8 != 0 || offsets->len < 8) {
+        PyErr_SetString(PyExc_ValueError, "offsets: int64 values, at least one");
+        return -1;
+    }
+    Py_ssize_t n = offsets->len / 8 - 1;
+    const int64_t *off = (const int64_t *)offsets->buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (off[i] < 0 || off[i] > off[i + 1] || off[i + 1] > data->len) {
+            PyErr_Format(PyExc_ValueError, "offsets[%zd:%zd] is not a range of data", i, i + 2);
+            return -1;
+        }
+    }
+    return n;
+}
+
+static inline uint64_t fmix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+/* FNV-1a's steps over little-endian 8-byte words, then over the last bytes one by one, with
+ * the length folded in and MurmurHash3's fmix64 at the end: a multiply per word, not per byte. */
+static uint64_t hash64_one(const uint8_t *p, int64_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)n;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) h = (h ^ load64(p + i)) * 0x100000001b3ULL;
+    for (; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return fmix64(h);
+}
+
+/* f(data, offsets) -> bytes: each range's value (width bytes), one after another. */
+static PyObject *per_range(PyObject *args, Py_ssize_t width, int which) {
     Py_buffer data, offsets;
     if (!PyArg_ParseTuple(args, "y*y*", &data, &offsets)) return NULL;
     PyObject *result = NULL;
-    if (offsets.len % 8 != 0 || offsets.len < 8) {
-        PyErr_SetString(PyExc_ValueError, "offsets: int64 values, at least one");
-        goto done;
-    }
-    Py_ssize_t n = offsets.len / 8 - 1;
-    const int64_t *off = (const int64_t *)offsets.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (off[i] < 0 || off[i] > off[i + 1] || off[i + 1] > data.len) {
-            PyErr_Format(PyExc_ValueError, "offsets[%zd:%zd] is not a range of data", i, i + 2);
-            goto done;
+    Py_ssize_t n = ranges(&data, &offsets);
+    if (n >= 0) result = PyBytes_FromStringAndSize(NULL, width * n);
+    if (result != NULL) {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+        const uint8_t *bytes = (const uint8_t *)data.buf;
+        const int64_t *off = (const int64_t *)offsets.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (which == 0) {
+                blake2b_16(bytes + off[i], (uint64_t)(off[i + 1] - off[i]), out + 16 * i);
+            } else {
+                uint64_t h = hash64_one(bytes + off[i], off[i + 1] - off[i]);
+                memcpy(out + 8 * i, &h, 8); /* native byte order: read back as numpy uint64 */
+            }
         }
+        Py_END_ALLOW_THREADS
     }
-    result = PyBytes_FromStringAndSize(NULL, 16 * n);
-    if (result == NULL) goto done;
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
-    const uint8_t *bytes = (const uint8_t *)data.buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) blake2b_16(bytes + off[i], (uint64_t)(off[i + 1] - off[i]), out + 16 * i);
-    Py_END_ALLOW_THREADS
-done:
     PyBuffer_Release(&data);
     PyBuffer_Release(&offsets);
     return result;
 }
 
+static PyObject *blake2b_128(PyObject *self, PyObject *args) { return per_range(args, 16, 0); }
+
+static PyObject *hash64(PyObject *self, PyObject *args) { return per_range(args, 8, 1); }
+
 static PyMethodDef METHODS[] = {
-    {"digests", digests, METH_VARARGS,
-     "digests(data, offsets) -> bytes: BLAKE2b-128 of each data[offsets[i]:offsets[i+1]], concatenated."},
+    {"blake2b_128", blake2b_128, METH_VARARGS,
+     "blake2b_128(data, offsets) -> bytes: BLAKE2b (16-byte digest) of each data[offsets[i]:offsets[i+1]]."},
+    {"hash64", hash64, METH_VARARGS,
+     "hash64(data, offsets) -> bytes: a 64-bit hash (native-endian) of each data[offsets[i]:offsets[i+1]]."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_blake2b", NULL, -1, METHODS};
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, METHODS};
 
-PyMODINIT_FUNC PyInit__blake2b(void) { return PyModule_Create(&MODULE); }
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&MODULE); }
