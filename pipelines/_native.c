@@ -2,15 +2,16 @@
  * The C kernels of ingest, each over many short byte strings at once (an Arrow-style data
  * buffer and int64 offsets), without a Python call per string and without the GIL:
  *
- * - blake2b_128: what hashlib.blake2b(s, digest_size=16) gives for each string. Ingest names
+ * - blake2b_128_joined: for each row of several string columns, what
+ *   hashlib.blake2b(s, digest_size=16) gives for s, the row's values joined. Ingest names
  *   events that come without an id by the BLAKE2b digest of their content
  *   (pipelines.contract.content_ids); hashing row by row in Python was the largest cost of an
  *   ingest that the GIL serialised. This is the compression function of RFC 7693, unkeyed,
  *   with a 16-byte digest.
  * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
  *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
- *   repeated event ids
- *   (pipelines.ingest._repeated), where equal strings must hash alike and nothing more.
+ *   repeated event ids (pipelines.ingest._repeated), where equal strings must hash alike and
+ *   nothing more.
  *
  * tests/code/test_fast_paths.py checks them against hashlib and a Python hash64. The module
  * is optional (pipelines.native): without a C compiler at install, ingest computes the same
@@ -105,22 +106,43 @@ static void compress(uint64_t h[8], const uint8_t block[128], uint64_t counter, 
     for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
 }
 
-/* BLAKE2b of data[0:n], unkeyed, 16-byte digest written to out. */
-static void blake2b_16(const uint8_t *data, uint64_t n, uint8_t out[16]) {
+/* BLAKE2b fed piece by piece: a block is compressed only once more input follows it, so the
+ * last block, full or not, is the final one. */
+typedef struct {
     uint64_t h[8];
     uint8_t block[128];
-    memcpy(h, IV, sizeof h);
-    h[0] ^= 0x01010000ULL ^ 16ULL;
-    uint64_t done = 0;
-    while (n - done > 128) { /* every block but the last, which is compressed as final */
-        compress(h, data + done, done + 128, 0);
-        done += 128;
+    size_t fill;
+    uint64_t total;
+} stream;
+
+static void stream_init(stream *s) {
+    memcpy(s->h, IV, sizeof s->h);
+    s->h[0] ^= 0x01010000ULL ^ 16ULL;
+    s->fill = 0;
+    s->total = 0;
+}
+
+static void stream_update(stream *s, const uint8_t *p, size_t n) {
+    while (n > 0) {
+        if (s->fill == 128) {
+            s->total += 128;
+            compress(s->h, s->block, s->total, 0);
+            s->fill = 0;
+        }
+        size_t take = 128 - s->fill < n ? 128 - s->fill : n;
+        memcpy(s->block + s->fill, p, take);
+        s->fill += take;
+        p += take;
+        n -= take;
     }
-    memset(block, 0, sizeof block);
-    memcpy(block, data + done, (size_t)(n - done));
-    compress(h, block, n, 1);
+}
+
+static void stream_final(stream *s, uint8_t out[16]) {
+    s->total += s->fill;
+    memset(s->block + s->fill, 0, 128 - s->fill);
+    compress(s->h, s->block, s->total, 1);
     for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 8; j++) out[8 * i + j] = (uint8_t)(h[i] >> (8 * j));
+        for (int j = 0; j < 8; j++) out[8 * i + j] = (uint8_t)(s->h[i] >> (8 * j));
 }
 
 /* The n = len(offsets) / 8 - 1 ranges data[offsets[i]:offsets[i+1]], checked; n < 0 on error. */
@@ -159,25 +181,21 @@ static uint64_t hash64_one(const uint8_t *p, int64_t n) {
     return fmix64(h);
 }
 
-/* f(data, offsets) -> bytes: each range's value (width bytes), one after another. */
-static PyObject *per_range(PyObject *args, Py_ssize_t width, int which) {
+/* hash64(data, offsets) -> bytes: each range's hash64, native-endian, one after another. */
+static PyObject *hash64(PyObject *self, PyObject *args) {
     Py_buffer data, offsets;
     if (!PyArg_ParseTuple(args, "y*y*", &data, &offsets)) return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = ranges(&data, &offsets);
-    if (n >= 0) result = PyBytes_FromStringAndSize(NULL, width * n);
+    if (n >= 0) result = PyBytes_FromStringAndSize(NULL, 8 * n);
     if (result != NULL) {
         uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
         const uint8_t *bytes = (const uint8_t *)data.buf;
         const int64_t *off = (const int64_t *)offsets.buf;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n; i++) {
-            if (which == 0) {
-                blake2b_16(bytes + off[i], (uint64_t)(off[i + 1] - off[i]), out + 16 * i);
-            } else {
-                uint64_t h = hash64_one(bytes + off[i], off[i + 1] - off[i]);
-                memcpy(out + 8 * i, &h, 8); /* native byte order: read back as numpy uint64 */
-            }
+            uint64_t h = hash64_one(bytes + off[i], off[i + 1] - off[i]);
+            memcpy(out + 8 * i, &h, 8); /* native byte order: read back as numpy uint64 */
         }
         Py_END_ALLOW_THREADS
     }
@@ -186,13 +204,86 @@ static PyObject *per_range(PyObject *args, Py_ssize_t width, int which) {
     return result;
 }
 
-static PyObject *blake2b_128(PyObject *self, PyObject *args) { return per_range(args, 16, 0); }
+#define MAX_FIELDS 32
 
-static PyObject *hash64(PyObject *self, PyObject *args) { return per_range(args, 8, 1); }
+/* blake2b_128_joined(fields, separator, null) -> bytes: for each row i, the BLAKE2b-128 of the
+ * fields' values joined by separator, a missing value (valid[i] == 0) written as null; each
+ * field is (data, offsets, valid or None). The joined strings are never built. */
+static PyObject *blake2b_128_joined(PyObject *self, PyObject *args) {
+    PyObject *fields_obj;
+    Py_buffer separator, null;
+    if (!PyArg_ParseTuple(args, "Oy*y*", &fields_obj, &separator, &null)) return NULL;
+    PyObject *result = NULL, *fields = PySequence_Fast(fields_obj, "fields: a sequence of (data, offsets, valid)");
+    Py_buffer data[MAX_FIELDS], offsets[MAX_FIELDS], valid[MAX_FIELDS];
+    int has_valid[MAX_FIELDS];
+    Py_ssize_t k = 0, got = 0, n = -1;
+    if (fields == NULL) goto done;
+    k = PySequence_Fast_GET_SIZE(fields);
+    if (k < 1 || k > MAX_FIELDS) {
+        PyErr_Format(PyExc_ValueError, "fields: 1 to %d of them", MAX_FIELDS);
+        goto done;
+    }
+    for (; got < k; got++) {
+        PyObject *valid_obj;
+        has_valid[got] = 0;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fields, got), "y*y*O", &data[got], &offsets[got], &valid_obj))
+            goto done;
+        if (valid_obj != Py_None) {
+            if (PyObject_GetBuffer(valid_obj, &valid[got], PyBUF_SIMPLE) < 0) {
+                PyBuffer_Release(&data[got]);
+                PyBuffer_Release(&offsets[got]);
+                goto done;
+            }
+            has_valid[got] = 1;
+        }
+        Py_ssize_t rows = ranges(&data[got], &offsets[got]);
+        if (rows < 0) {
+            got++;
+            goto done;
+        }
+        if ((n >= 0 && rows != n) || (has_valid[got] && valid[got].len != rows)) {
+            PyErr_Format(PyExc_ValueError, "field %zd has another number of rows", got);
+            got++;
+            goto done;
+        }
+        n = rows;
+    }
+    result = PyBytes_FromStringAndSize(NULL, 16 * n);
+    if (result == NULL) goto done;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    Py_BEGIN_ALLOW_THREADS
+    stream st;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        stream_init(&st);
+        for (Py_ssize_t f = 0; f < k; f++) {
+            if (f > 0) stream_update(&st, (const uint8_t *)separator.buf, (size_t)separator.len);
+            if (has_valid[f] && !((const uint8_t *)valid[f].buf)[i]) {
+                stream_update(&st, (const uint8_t *)null.buf, (size_t)null.len);
+            } else {
+                const int64_t *off = (const int64_t *)offsets[f].buf;
+                stream_update(&st, (const uint8_t *)data[f].buf + off[i], (size_t)(off[i + 1] - off[i]));
+            }
+        }
+        stream_final(&st, out + 16 * i);
+    }
+    Py_END_ALLOW_THREADS
+done:
+    for (Py_ssize_t f = 0; f < got; f++) {
+        PyBuffer_Release(&data[f]);
+        PyBuffer_Release(&offsets[f]);
+        if (has_valid[f]) PyBuffer_Release(&valid[f]);
+    }
+    Py_XDECREF(fields);
+    PyBuffer_Release(&separator);
+    PyBuffer_Release(&null);
+    return result;
+}
+
+
 
 static PyMethodDef METHODS[] = {
-    {"blake2b_128", blake2b_128, METH_VARARGS,
-     "blake2b_128(data, offsets) -> bytes: BLAKE2b (16-byte digest) of each data[offsets[i]:offsets[i+1]]."},
+    {"blake2b_128_joined", blake2b_128_joined, METH_VARARGS,
+     "blake2b_128_joined(fields, separator, null) -> bytes: BLAKE2b-128 of each row's fields joined."},
     {"hash64", hash64, METH_VARARGS,
      "hash64(data, offsets) -> bytes: a 64-bit hash (native-endian) of each data[offsets[i]:offsets[i+1]]."},
     {NULL, NULL, 0, NULL},

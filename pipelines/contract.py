@@ -533,13 +533,17 @@ def content_ids(events: pa.Table) -> pa.Array:
 
 
 def _hash_fields(fields: Iterable[pa.Array | pa.ChunkedArray], step: int = 1 << 16) -> pa.Array:
-    joined = pc.binary_join_element_wise(*fields, "\x1f", null_handling="replace", null_replacement="\x00")
-    if isinstance(joined, pa.ChunkedArray):
-        joined = joined.combine_chunks()
-    joined = joined.cast(pa.binary())
+    """``h`` + the hex BLAKE2b-128 of each row's fields (strings) joined by ``\x1f``, a
+    missing value written as ``\x00``."""
+    fields = [f.combine_chunks() if isinstance(f, pa.ChunkedArray) else f for f in fields]
     native = kernels()
-    if native is not None:  # every row in C, without the GIL (pipelines/_native.c)
-        return prefixed_hex(b"h", native.blake2b_128(*buffers(joined)))
+    if native is not None:  # every row in C, without the GIL, and without joining (pipelines/_native.c)
+        parts = [
+            (*buffers(f), None if f.null_count == 0 else pc.is_valid(f).to_numpy(zero_copy_only=False)) for f in fields
+        ]
+        return prefixed_hex(b"h", native.blake2b_128_joined(parts, b"\x1f", b"\x00"))
+    joined = pc.binary_join_element_wise(*fields, "\x1f", null_handling="replace", null_replacement="\x00")
+    joined = joined.cast(pa.binary())
     # BLAKE2b has no vectorised form in Python: hash row by row, as cheaply as Python allows
     # (copying a configured hash object beats parsing the digest_size keyword on every row), a
     # slice of rows at a time so that the Python objects of one slice reuse the memory of the

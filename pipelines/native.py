@@ -15,7 +15,9 @@ import pyarrow as pa
 
 
 class Kernels(Protocol):
-    def blake2b_128(self, data: object, offsets: object) -> bytes: ...
+    def blake2b_128_joined(
+        self, fields: list[tuple[object, object, object]], separator: bytes, null: bytes
+    ) -> bytes: ...
 
     def hash64(self, data: object, offsets: object) -> bytes: ...
 

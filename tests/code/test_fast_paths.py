@@ -96,7 +96,19 @@ def test_native_kernels_match_their_python_definitions_at_every_length_around_th
     strings = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in range(401)]
     data = b"".join(strings)
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings])]).astype(np.int64)
-    assert native.blake2b_128(data, offsets) == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in strings)
+    one_field = native.blake2b_128_joined([(data, offsets, None)], b"\x1f", b"\x00")
+    assert one_field == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in strings)
+    # three fields, joined across block edges, with missing values
+    valid = np.frombuffer(rng.integers(0, 2, 401, dtype=np.uint8).astype(bool).tobytes(), dtype=bool)
+    reversed_ = b"".join(strings[::-1])
+    reversed_offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings[::-1]])]).astype(np.int64)
+    three = native.blake2b_128_joined(
+        [(data, offsets, None), (reversed_, reversed_offsets, valid), (data, offsets, None)], b"--", b"?"
+    )
+    joined = [
+        a + b"--" + (b if ok else b"?") + b"--" + a for a, b, ok in zip(strings, strings[::-1], valid, strict=True)
+    ]
+    assert three == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in joined)
     assert np.frombuffer(native.hash64(data, offsets), dtype=np.uint64).tolist() == [hash64(s) for s in strings]
     # content ids as ingest computes them: a slice of an Arrow array, nulls replaced
     column = pa.array(["a", None, "\u00e9" * 70, "", "x" * 300, "b"]).slice(1, 4)
@@ -105,7 +117,9 @@ def test_native_kernels_match_their_python_definitions_at_every_length_around_th
         "h" + hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts
     ]
     with pytest.raises(ValueError, match="not a range"):
-        native.blake2b_128(b"abc", np.array([0, 4], dtype=np.int64))
+        native.hash64(b"abc", np.array([0, 4], dtype=np.int64))
+    with pytest.raises(ValueError, match="another number of rows"):
+        native.blake2b_128_joined([(data, offsets, None), (b"ab", np.array([0, 1, 2]), None)], b"", b"")
 
 
 def test_repeated_finds_the_same_rows_with_and_without_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
