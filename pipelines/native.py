@@ -30,6 +30,9 @@ def kernels() -> Kernels | None:
         from pipelines import _native  # type: ignore[attr-defined]
     except ImportError:
         return None
+    # A module built from an older pipelines/_native.c (``make setup`` rebuilds it) may lack a kernel.
+    if not all(hasattr(_native, name) for name in ("blake2b_128_joined", "hash64")):
+        return None
     return _native  # type: ignore[no-any-return]
 
 
