@@ -185,9 +185,10 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| benchmark | target | now | met |", "|---|---|---|---|"]
     if "ingest" in results:
         r = results["ingest"]
-        ratio = r["ratio_ingest_to_floor"]
+        # judged on the seconds, not on the ratio as rounded in the file (3.001 is not within 3x)
+        ratio = r["ingest_seconds"] / r["floor_seconds"]
         lines.append(
-            _row("ingest", f"within {r['target_ratio']:.0f}x of the floor", f"{ratio:.2f}x", ratio <= r["target_ratio"])
+            _row("ingest", f"within {r['target_ratio']:.0f}x of the floor", f"{ratio:.3f}x", ratio <= r["target_ratio"])
         )
     if "features" in results:
         for profile, p in results["features"]["profiles"].items():
