@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -78,3 +79,42 @@ def test_one_person_id_and_many_agree() -> None:
     assert p.persons(reps).to_pylist() == [p.person(r) for r in reps]
     text = b"person\x1fu1"
     assert p.person("u1") == "p" + hmac.new(b"k", text, hashlib.sha256).hexdigest()[:24]
+
+
+def test_each_component_is_named_after_its_smallest_user_id() -> None:
+    """The representative of a component is its smallest user id (string order), on a random
+    graph whose ids vary in length and case, against pandas' sort and first row per component."""
+    rng = np.random.default_rng(3)
+    alphabet = list("abcXYZ019")
+    users = ["".join(rng.choice(alphabet, int(rng.integers(1, 6)))) for _ in range(300)]
+    nodes = pd.DataFrame({"platform": rng.choice(["web", "ios", "app"], 300), "user_id": users})
+    nodes = nodes.drop_duplicates(ignore_index=True)
+    a, b = rng.integers(0, len(nodes), 200), rng.integers(0, len(nodes), 200)
+    links = pd.DataFrame(
+        {
+            "platform_a": nodes["platform"].to_numpy()[a],
+            "user_id_a": nodes["user_id"].to_numpy()[a],
+            "platform_b": nodes["platform"].to_numpy()[b],
+            "user_id_b": nodes["user_id"].to_numpy()[b],
+        }
+    )
+    pseudo = Pseudonymiser("k")
+    persons = resolve_persons(nodes, links, pseudo)
+    # the components, found again by walking the links
+    parent = list(range(len(nodes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in zip(a, b, strict=True):
+        parent[root(int(i))] = root(int(j))
+    frame = nodes.assign(component=[root(i) for i in range(len(nodes))])
+    smallest = frame.sort_values("user_id").drop_duplicates("component").set_index("component")["user_id"]
+    want = [pseudo.person(smallest[c]) for c in frame["component"]]
+    got = persons.set_index(["platform", "user_id"]).loc[
+        list(zip(nodes["platform"], nodes["user_id"], strict=True)), "person_id"
+    ]
+    assert got.tolist() == want
+    assert len(set(want)) < len(nodes)  # some components join several nodes
