@@ -27,7 +27,8 @@ static const uint64_t IV[8] = {
     0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
 };
 
-static const uint8_t SIGMA[12][16] = {
+/* The message schedule of rounds 0-9; rounds 10 and 11 repeat rounds 0 and 1. */
+static const uint8_t SIGMA[10][16] = {
     {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
     {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
     {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
@@ -38,8 +39,6 @@ static const uint8_t SIGMA[12][16] = {
     {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
     {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
     {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
 };
 
 static inline uint64_t rotr64(uint64_t x, unsigned n) { return (x >> n) | (x << (64 - n)); }
@@ -79,16 +78,17 @@ static void compress(uint64_t h[8], const uint8_t block[128], uint64_t counter, 
     if (last) v[14] = ~v[14];
     /* The rounds written out: each round's message schedule is then a constant, and the
        message words and the state stay in registers. */
-#define ROUND(r)                                                          \
-    do {                                                                  \
-        G(v[0], v[4], v[8], v[12], m[SIGMA[r][0]], m[SIGMA[r][1]]);       \
-        G(v[1], v[5], v[9], v[13], m[SIGMA[r][2]], m[SIGMA[r][3]]);       \
-        G(v[2], v[6], v[10], v[14], m[SIGMA[r][4]], m[SIGMA[r][5]]);      \
-        G(v[3], v[7], v[11], v[15], m[SIGMA[r][6]], m[SIGMA[r][7]]);      \
-        G(v[0], v[5], v[10], v[15], m[SIGMA[r][8]], m[SIGMA[r][9]]);      \
-        G(v[1], v[6], v[11], v[12], m[SIGMA[r][10]], m[SIGMA[r][11]]);    \
-        G(v[2], v[7], v[8], v[13], m[SIGMA[r][12]], m[SIGMA[r][13]]);     \
-        G(v[3], v[4], v[9], v[14], m[SIGMA[r][14]], m[SIGMA[r][15]]);     \
+#define ROUND(r)                                                                          \
+    do {                                                                                  \
+        const uint8_t *s = SIGMA[(r) % 10];                                               \
+        G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);                                     \
+        G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);                                     \
+        G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);                                    \
+        G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);                                    \
+        G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);                                    \
+        G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);                                  \
+        G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);                                   \
+        G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);                                   \
     } while (0)
     ROUND(0);
     ROUND(1);
