@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.native import buffers, kernels
+from pipelines.native import kernels
 
 ACTIONS: tuple[str, ...] = (
     "view",
@@ -219,16 +219,26 @@ _MAYBE_BLANK[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = Tru
 _MAYBE_BLANK[0x80:] = True
 
 
+def string_buffers(values: pa.Array) -> tuple[pa.Buffer | bytes, np.ndarray]:
+    """A string or binary array's data buffer (``b""`` when it has none) and its ``len + 1``
+    offsets into it, as int64 (a null's range is empty, or whatever bytes the array keeps)."""
+    n = len(values)
+    if values.buffers()[1] is None:  # no offsets at all: every value null
+        return b"", np.zeros(n + 1, dtype=np.int64)
+    wide = pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64 if wide else np.int32)
+    data = values.buffers()[2]
+    return (data if data is not None else b""), offsets[values.offset : values.offset + n + 1].astype(np.int64)
+
+
 def _clean(values: pa.Array) -> pa.Array:
     """:func:`clean_strings` for one array. Trimming copies every string, and most columns
     have nothing to trim: look at each value's first and last byte, and trim only if needed."""
-    if not len(values) or values.buffers()[1] is None:
+    if not len(values):
         return values
-    width = np.int64 if pa.types.is_large_string(values.type) else np.int32
-    offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset : values.offset + len(values) + 1]
-    data = values.buffers()[2]
+    data, offsets = string_buffers(values)
     nonempty = offsets[1:] > offsets[:-1]
-    if data is not None and nonempty.any():
+    if nonempty.any():
         data = np.frombuffer(data, dtype=np.uint8)
         edges = np.concatenate([data[offsets[:-1][nonempty]], data[offsets[1:][nonempty] - 1]])
         if _MAYBE_BLANK[edges].any():
@@ -539,7 +549,8 @@ def _hash_fields(fields: Iterable[pa.Array | pa.ChunkedArray], step: int = 1 << 
     native = kernels()
     if native is not None:  # every row in C, without the GIL, and without joining (pipelines/_native.c)
         parts = [
-            (*buffers(f), None if f.null_count == 0 else pc.is_valid(f).to_numpy(zero_copy_only=False)) for f in fields
+            (*string_buffers(f), None if f.null_count == 0 else pc.is_valid(f).to_numpy(zero_copy_only=False))
+            for f in fields
         ]
         return prefixed_hex(b"h", native.blake2b_128_joined(parts, b"\x1f", b"\x00"))
     joined = pc.binary_join_element_wise(*fields, "\x1f", null_handling="replace", null_replacement="\x00")

@@ -49,10 +49,11 @@ from pipelines.contract import (
     micros,
     numpy_bool,
     reason_codes,
+    string_buffers,
 )
 from pipelines.identity import Pseudonymiser, resolve_persons_indexed
 from pipelines.lake import DICTIONARY_COLUMNS, Lake
-from pipelines.native import buffers, kernels
+from pipelines.native import kernels
 from pipelines.synthetic import SyntheticConfig, generate
 
 log = logging.getLogger(__name__)
@@ -419,17 +420,14 @@ def _string_hashes(values: pa.ChunkedArray) -> np.ndarray | None:
         return None
     native = kernels()
     if native is not None:
-        parts = [np.frombuffer(native.hash64(*buffers(chunk)), dtype=np.uint64) for chunk in values.chunks]
+        parts = [np.frombuffer(native.hash64(*string_buffers(chunk)), dtype=np.uint64) for chunk in values.chunks]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     parts = []
     for chunk in values.chunks:
-        n = len(chunk)
-        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset : chunk.offset + n + 1].astype(np.int64)
-        data = chunk.buffers()[2]
-        lo, hi = (int(offsets[0]), int(offsets[-1])) if n else (0, 0)
+        data, offsets = string_buffers(chunk)
+        lo, hi = (int(offsets[0]), int(offsets[-1])) if len(chunk) else (0, 0)
         padded = np.zeros(hi - lo + 8, dtype=np.uint8)  # every 8-byte read below stays inside
-        if data is not None and hi > lo:
+        if hi > lo:
             padded[: hi - lo] = np.frombuffer(data, dtype=np.uint8, count=hi - lo, offset=lo)
         words = np.ndarray((hi - lo + 1,), dtype="<u8", buffer=padded, strides=(1,))  # a word at every byte
         starts, length = offsets[:-1] - lo, np.diff(offsets)

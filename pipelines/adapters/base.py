@@ -26,7 +26,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from pipelines.contract import EVENT_COLUMNS, ITEM_COLUMNS, LINK_COLUMNS, TS_TYPE, clean_strings, dictionary_codes
+from pipelines.contract import (
+    EVENT_COLUMNS,
+    ITEM_COLUMNS,
+    LINK_COLUMNS,
+    TS_TYPE,
+    clean_strings,
+    dictionary_codes,
+    string_buffers,
+)
 
 Events = pd.DataFrame | pa.Table
 
@@ -354,12 +362,11 @@ def _naive_times(local: pa.Array | pa.ChunkedArray, fmt: str | None) -> np.ndarr
 def _iso_seconds(local: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SS`` strings, and the mask of the strings
     that have exactly that shape and a valid date and time."""
-    width = np.int64 if pa.types.is_large_string(local.type) else np.int32
-    offsets = np.frombuffer(local.buffers()[1], dtype=width)[local.offset : local.offset + len(local) + 1]
-    data = np.frombuffer(local.buffers()[2], dtype=np.uint8)
+    data, offsets = string_buffers(local)
+    data = np.frombuffer(data, dtype=np.uint8)
     valid = np.asarray(local.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     rows = np.flatnonzero(valid & (np.diff(offsets) == 19))
-    starts = offsets[:-1][rows].astype(np.int64)
+    starts = offsets[:-1][rows]
     # One byte position at a time: small temporaries instead of a rows x 19 index matrix.
     shaped = np.ones(len(rows), dtype=bool)
     for position, char in ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":")):

@@ -42,7 +42,7 @@ from pipelines.contract import (
 )
 from pipelines.ingest import _repeated
 from pipelines.lake import Lake
-from pipelines.native import hash64, kernels
+from pipelines.native import kernels
 from tests.conftest import require_or_skip
 
 
@@ -85,6 +85,22 @@ def test_content_ids_are_stable_across_versions(monkeypatch: pytest.MonkeyPatch)
     assert content_ids(conform_table(rows)).to_pylist() == expected
 
 
+def _hash64(data: bytes) -> int:
+    """pipelines/_native.c's hash64 of one string, in Python: FNV-1a's steps over the 8-byte
+    little-endian words (the length folded into the start), then over the last bytes, then
+    MurmurHash3's fmix64."""
+    mask, prime, n = (1 << 64) - 1, 0x100000001B3, len(data)
+    h = 0xCBF29CE484222325 ^ n
+    whole = n - n % 8
+    for i in range(0, whole, 8):
+        h = ((h ^ int.from_bytes(data[i : i + 8], "little")) * prime) & mask
+    for byte in data[whole:]:
+        h = ((h ^ byte) * prime) & mask
+    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        h = ((h ^ (h >> 33)) * multiplier) & mask
+    return h ^ (h >> 33)
+
+
 def test_native_kernels_match_their_python_definitions_at_every_length_around_the_block() -> None:
     """pipelines/_native.c against hashlib's BLAKE2b and the Python hash64, on strings of 0 to
     400 bytes (one, two and three 128-byte blocks, and their edges) and on sliced Arrow arrays
@@ -109,7 +125,7 @@ def test_native_kernels_match_their_python_definitions_at_every_length_around_th
         a + b"--" + (b if ok else b"?") + b"--" + a for a, b, ok in zip(strings, strings[::-1], valid, strict=True)
     ]
     assert three == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in joined)
-    assert np.frombuffer(native.hash64(data, offsets), dtype=np.uint64).tolist() == [hash64(s) for s in strings]
+    assert np.frombuffer(native.hash64(data, offsets), dtype=np.uint64).tolist() == [_hash64(s) for s in strings]
     # content ids as ingest computes them: a slice of an Arrow array, nulls replaced
     column = pa.array(["a", None, "\u00e9" * 70, "", "x" * 300, "b"]).slice(1, 4)
     texts = ["\x00", "\u00e9" * 70, "", "x" * 300]
