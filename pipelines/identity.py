@@ -172,24 +172,14 @@ def _components(all_nodes: pd.DataFrame, a: np.ndarray, b: np.ndarray, pseudonym
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     n_components, component = connected_components(graph, directed=False)
     # The representative is the smallest user pseudonym in the component: stable and keyed.
-    frame = all_nodes.assign(component=component)
-    users = frame["user_id"]
-    if users.isna().any():  # the general path (pandas orders missing values its own way)
-        smallest = frame.sort_values("user_id").drop_duplicates("component").set_index("component")["user_id"]
-        person_of = pd.Series(
-            pseudonymiser.persons(smallest.to_numpy()).to_numpy(zero_copy_only=False), index=smallest.index
-        )
-        frame["person_id"] = person_of.reindex(frame["component"]).to_numpy()
-        return frame[PERSON_MAP_COLUMNS]
-    # The nodes in ascending order of their strings (UTF-8 bytes order as code points do); the
-    # first of each component in that order is its smallest.
-    names = users.to_numpy(dtype=object)
-    order = pc.sort_indices(pa.array(names, pa.string())).to_numpy()
-    in_order = component[order]
-    first = np.zeros(len(order), dtype=bool)
-    first[np.unique(in_order, return_index=True)[1]] = True
+    # The nodes in ascending order of their strings (UTF-8 bytes order as code points do; a
+    # missing id last, as pandas sorts it); the first of each component in that order is its
+    # smallest. The representative keeps its own object (a missing one stays None or NaN).
+    names = all_nodes["user_id"].to_numpy(dtype=object)
+    order = pc.sort_indices(pa.array(names, pa.string(), from_pandas=True)).to_numpy()
+    components, first = np.unique(component[order], return_index=True)
     representative = np.empty(n_components, dtype=object)
-    representative[in_order[first]] = names[order[first]]
+    representative[components] = names[order[first]]
     person = pseudonymiser.persons(representative).to_numpy(zero_copy_only=False)
-    frame["person_id"] = person[component]
+    frame = all_nodes.assign(person_id=person[component])
     return frame[PERSON_MAP_COLUMNS]
