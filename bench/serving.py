@@ -27,6 +27,9 @@ Two in-process floors, measured in the same run, without HTTP:
   for the same duration; ``p99_c8_over_floor_c8_p99`` is the service's p99 at
   concurrency 8 over this floor's p99: what HTTP, BentoML and the load process add.
 
+Both floors settle their heap once their engine is loaded, as the service's workers do
+(``serving.loader.settle_heap``: no full garbage collections over the loaded model).
+
 The prod profile serves the same registered model with its features in Redis.
 
     make bench-serving        # or: python -m bench.serving --seconds 10 --rounds 3
@@ -109,12 +112,13 @@ def floor_engine(settings: Settings, workdir: Workdir, requests: list[dict[str, 
     """The engine of the one-at-a-time floor, loaded in this process and warmed up."""
     import torch
 
-    from serving.loader import engine
+    from serving.loader import engine, settle_heap
 
     torch.set_num_threads(1)
     eng = engine(settings, workdir)
     for r in requests[:50]:
         eng.recommend(r["person_id"], 20, r["target_platform"])
+    settle_heap()  # as the service does once its model is loaded
     return eng
 
 
@@ -149,13 +153,14 @@ def _floor_share(
     import torch
 
     from serving.engine import Ask
-    from serving.loader import engine
+    from serving.loader import engine, settle_heap
 
     torch.set_num_threads(1)
     eng = engine(settings, workdir)
     asks = [Ask(r["person_id"], 20, r["target_platform"]) for r in requests]
     for lo in range(0, 50, callers):
         eng.recommend_many(asks[lo : lo + callers])
+    settle_heap()
     start.wait()
     latencies, i = [], 0
     stop = time.perf_counter() + seconds

@@ -236,7 +236,7 @@ class XInterest:
     def _load_and_follow(self) -> None:
         import torch
 
-        from serving.loader import engine, resolve_version
+        from serving.loader import engine, resolve_version, settle_heap
         from training import tracking
 
         torch.set_num_threads(1)  # one request per thread; the threads are the parallelism
@@ -250,6 +250,8 @@ class XInterest:
                     fresh = engine(self.settings, self.workdir, champion)
                     with self._lock:
                         self.engine = fresh
+                    del fresh
+                    settle_heap()  # no full collections over the loaded model while serving
                     log.info("serving xinterest-recommender v%s", champion)
                 self.error = None
             except Exception as e:  # keep serving the loaded model; readiness reports the problem
