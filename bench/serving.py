@@ -110,11 +110,9 @@ def persons(workdir: Workdir, n: int = 2000) -> list[dict[str, Any]]:
 
 def floor_engine(settings: Settings, workdir: Workdir, requests: list[dict[str, Any]]) -> Any:
     """The engine of the one-at-a-time floor, loaded in this process and warmed up."""
-    import torch
+    from serving.loader import engine, one_thread_per_request, settle_heap
 
-    from serving.loader import engine, settle_heap
-
-    torch.set_num_threads(1)
+    one_thread_per_request()  # as the service does
     eng = engine(settings, workdir)
     for r in requests[:50]:
         eng.recommend(r["person_id"], 20, r["target_platform"])
@@ -150,12 +148,10 @@ def _floor_share(
 ) -> None:
     """One process of the concurrent floor: ``callers`` requests in flight, answered together
     (as a service worker answers the requests in flight), again and again for ``seconds``."""
-    import torch
-
     from serving.engine import Ask
-    from serving.loader import engine, settle_heap
+    from serving.loader import engine, one_thread_per_request, settle_heap
 
-    torch.set_num_threads(1)
+    one_thread_per_request()
     eng = engine(settings, workdir)
     asks = [Ask(r["person_id"], 20, r["target_platform"]) for r in requests]
     for lo in range(0, 50, callers):

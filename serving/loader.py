@@ -99,3 +99,15 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+def one_thread_per_request() -> None:
+    """Run each request on one thread (the service's parallelism is its worker processes and
+    their requests): torch's intra-op threads and BLAS's (numpy's OpenBLAS) limited to one. A
+    serving process's products are small, and BLAS workers spinning between them on a 2-core
+    machine made the VAE's pass for four persons five times slower."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")  # kept for the process (not a context here)

@@ -234,12 +234,10 @@ class XInterest:
         self._first_attempt.wait(float(os.environ.get("XINTEREST_STARTUP_WAIT_SECONDS", "120")))
 
     def _load_and_follow(self) -> None:
-        import torch
-
-        from serving.loader import engine, resolve_version, settle_heap
+        from serving.loader import engine, one_thread_per_request, resolve_version, settle_heap
         from training import tracking
 
-        torch.set_num_threads(1)  # one request per thread; the threads are the parallelism
+        one_thread_per_request()
         while True:
             try:
                 tracking.setup(self.settings, self.workdir)

@@ -25,27 +25,13 @@ from training.data import Vocab
 from training.metrics import top_k
 from training.trainer import infer
 from training.vae import PAD, UNKNOWN, AttentionVAE, VAEConfig
+from training.vae_numpy import NumpyVAE
 
 FIRST_ITEM = UNKNOWN + 1  # encoder index of decoder item 0
 
 _FEW = 8  # up to this many persons at once, candidates come from per-row shortcuts
 RECENT = 10  # the last events whose items the recency-weighted item-item score sums
 RECENT_DECAY = 0.7  # weight of an event relative to the next one (the most recent weighs 1)
-_ROWS_APART = threading.local()  # .on: the VAE's per-person layers run one row at a time
-
-
-def _row_at_a_time(forward: Any) -> Any:
-    """A ``Linear.forward`` that, while ``_ROWS_APART.on``, maps its input one person (first
-    dimension) at a time: a product over one person's rows takes another BLAS path than over
-    several persons' (gemv, not gemm; other blockings), whose results differ in the last bits,
-    so a person encoded beside others would not get exactly what it gets alone."""
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() >= 2 and len(x) > 1 and getattr(_ROWS_APART, "on", False):
-            return torch.cat([forward(x[r : r + 1]) for r in range(len(x))])
-        return forward(x)
-
-    return run
 
 
 @dataclass
@@ -123,6 +109,8 @@ class Recommender:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._numpy_vae: NumpyVAE | None = None  # the VAE for a few persons, made on first use
+        self._numpy_lock = threading.Lock()
         # Persons' bags (sparse rows) multiply it from the left: keep it row-major once.
         self.item_item = sp.csr_matrix(self.item_item)
         self.item_platform = np.asarray(self.vocab.item_platform, dtype=object)
@@ -159,27 +147,18 @@ class Recommender:
         self, sequences: list[dict[str, Any] | None]
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]:
         """The VAE's logits (B, n_items), interest embeddings, attention weights and encoder
-        item indices of ``sequences``. Up to ``_FEW`` persons at once (the service's requests
-        in flight), each row is bitwise what encoding that person alone gives: the sequence
-        layers see (B x T) rows either way, and the per-person layers run a row at a time."""
+        item indices of ``sequences``. Up to ``_FEW`` persons at once (a request, or the
+        service's requests in flight), a person at a time in numpy (:mod:`training.vae_numpy`):
+        each row is bitwise what encoding that person alone gives, in a fraction of the time the
+        torch module takes for so few; more persons go through the torch module in batches."""
         inputs = self.vocab.encode_sequences(sequences, self.sequence_length)
-        if not 1 < len(sequences) <= _FEW:
+        if not 0 < len(sequences) <= _FEW:
             logits, mu, attention = infer(self.vae, inputs)
             return logits, mu, attention, inputs["items"]
-        if not getattr(self.vae, "_rows_apart", False):
-            # The linear layers a person at a time (their products round differently for one
-            # person's rows than for several persons'); the event embeddings, the Transformer
-            # layers and the rest of the attention pooling see the whole batch, row for row the
-            # same (tested).
-            for module in self.vae.modules():
-                if isinstance(module, torch.nn.Linear):
-                    module.forward = _row_at_a_time(module.forward)
-            self.vae._rows_apart = True
-        _ROWS_APART.on = True
-        try:
-            logits, mu, attention = infer(self.vae, inputs)
-        finally:
-            _ROWS_APART.on = False
+        with self._numpy_lock:
+            if self._numpy_vae is None:
+                self._numpy_vae = NumpyVAE(self.vae)
+        logits, mu, attention = self._numpy_vae(inputs)
         return logits, mu, attention, inputs["items"]
 
     def _scores(

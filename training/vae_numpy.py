@@ -1,0 +1,137 @@
+"""The trained attention-VAE's forward pass for a few persons (the service's requests in
+flight), in numpy, one person at a time.
+
+The service encodes each batch of requests with the model in eval mode; through torch, a
+batch of four persons took about 2.9 ms on this machine, most of it the dispatch of some 40
+small operators (each linear layer split a person at a time so that a person's rows round
+alike in any batch). Here each person's events go through the same layers with numpy on that
+person's rows alone (its padding left out: a padded event gets no attention and no pooling
+weight), so a person's outputs are the same bits whoever shares the batch, by construction,
+and a batch of four takes a fraction of the time. The outputs agree with the torch module's to
+float32 rounding (tests/code/test_vae_numpy.py), and the time-gap buckets are
+:func:`training.vae.gap_bucket`'s exactly (the same float32 steps; checked over every float32
+gap pattern in steps of 7 once, and on every bucket's edges by the tests). No torch operator
+runs here: a torch operator in a thread that never set torch's thread count starts an OpenMP
+worker that spins beside it.
+
+Serving processes limit BLAS to one thread (:func:`serving.loader.one_thread_per_request`):
+with its default thread per core, OpenBLAS's workers spin between these small products and a
+batch took five times as long.
+
+Larger batches (offline evaluation, training) keep using the torch module.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from training.vae import GAP_BUCKETS, PAD, UNKNOWN, AttentionVAE
+
+_EPS = 1e-5  # LayerNorm's
+
+
+def gap_buckets(gap_seconds: NDArray[np.float32]) -> NDArray[np.int64]:
+    """:func:`training.vae.gap_bucket` in numpy, step for step in float32."""
+    minutes = np.maximum(gap_seconds.astype(np.float32, copy=False), np.float32(0)) / np.float32(60.0)
+    return np.clip(np.floor(np.log2(np.float32(1.0) + minutes)), 0, GAP_BUCKETS - 1).astype(np.int64)
+
+
+def _layer_norm(x: NDArray[np.float32], weight: NDArray[np.float32], bias: NDArray[np.float32]) -> NDArray[np.float32]:
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(axis=-1, keepdims=True)
+    return centred / np.sqrt(var + np.float32(_EPS)) * weight + bias  # type: ignore[no-any-return]
+
+
+def _softmax(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+class _Layer:
+    """One pre-norm Transformer encoder layer (self-attention, ReLU feed-forward)."""
+
+    def __init__(self, weights: dict[str, NDArray[np.float32]], prefix: str, n_heads: int) -> None:
+        def w(name: str) -> NDArray[np.float32]:
+            return weights[prefix + name]
+
+        self.n_heads = n_heads
+        self.norm1, self.norm2 = (w("norm1.weight"), w("norm1.bias")), (w("norm2.weight"), w("norm2.bias"))
+        self.qkv, self.qkv_bias = np.ascontiguousarray(w("self_attn.in_proj_weight").T), w("self_attn.in_proj_bias")
+        self.out, self.out_bias = np.ascontiguousarray(w("self_attn.out_proj.weight").T), w("self_attn.out_proj.bias")
+        self.ff1, self.ff1_bias = np.ascontiguousarray(w("linear1.weight").T), w("linear1.bias")
+        self.ff2, self.ff2_bias = np.ascontiguousarray(w("linear2.weight").T), w("linear2.bias")
+
+    def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        n, d = x.shape
+        h, dk = self.n_heads, d // self.n_heads
+        qkv = _layer_norm(x, *self.norm1) @ self.qkv + self.qkv_bias  # (n, 3d)
+        q, k, v = (qkv[:, i * d : (i + 1) * d].reshape(n, h, dk).transpose(1, 0, 2) for i in range(3))
+        attention = _softmax(q @ k.transpose(0, 2, 1) * np.float32(1.0 / math.sqrt(dk)))  # (h, n, n)
+        x = x + (attention @ v).transpose(1, 0, 2).reshape(n, d) @ self.out + self.out_bias
+        hidden = np.maximum(_layer_norm(x, *self.norm2) @ self.ff1 + self.ff1_bias, np.float32(0))
+        return x + hidden @ self.ff2 + self.ff2_bias  # type: ignore[no-any-return]
+
+
+class NumpyVAE:
+    """:meth:`AttentionVAE.encode` (the posterior mean and the pooling weights) and
+    :meth:`AttentionVAE.decode` in eval mode, person by person."""
+
+    def __init__(self, vae: AttentionVAE) -> None:
+        weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in vae.state_dict().items()}
+        c = vae.config
+        self.n_items, self.d_model = c.n_items, c.d_model
+        self.item, self.action = weights["embed.item.weight"], weights["embed.action.weight"]
+        self.platform, self.gap = weights["embed.platform.weight"], weights["embed.gap.weight"]
+        self.embed_norm = (weights["embed.norm.weight"], weights["embed.norm.bias"])
+        self.layers = [_Layer(weights, f"encoder.layers.{i}.", c.n_heads) for i in range(c.n_layers)]
+        self.query = weights["pool.query"]
+        self.key, self.key_bias = np.ascontiguousarray(weights["pool.key.weight"].T), weights["pool.key.bias"]
+        self.bag = weights.get("bag.weight") if vae.bag is not None else None
+        self.mu, self.mu_bias = np.ascontiguousarray(weights["to_mu.weight"].T), weights["to_mu.bias"]
+        self.hidden, self.hidden_bias = np.ascontiguousarray(weights["decoder.0.weight"].T), weights["decoder.0.bias"]
+        self.logits, self.logits_bias = np.ascontiguousarray(weights["decoder.3.weight"].T), weights["decoder.3.bias"]
+
+    def __call__(
+        self, inputs: dict[str, NDArray[Any]]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """Logits (B, n_items), latent means (B, L) and pooling weights (B, T) of encoder inputs
+        (:meth:`training.data.Vocab.encode_sequences`), as :func:`training.trainer.infer` gives."""
+        items = inputs["items"]
+        b, t = items.shape
+        buckets = gap_buckets(inputs["gaps"])
+        bags = inputs.get("bag")
+        logits = np.empty((b, self.n_items), np.float32)
+        mu = np.empty((b, len(self.mu_bias)), np.float32)
+        attention = np.zeros((b, t), np.float32)
+        for r in range(b):
+            events = np.flatnonzero(items[r] != PAD)
+            pooled = np.zeros(self.d_model, np.float32)  # no event: pooled to zeros, as the module does
+            if len(events):
+                x = (
+                    self.item[items[r, events]]
+                    + self.action[inputs["actions"][r, events]]
+                    + self.platform[inputs["platforms"][r, events]]
+                    + self.gap[buckets[r, events]]
+                )
+                x = _layer_norm(x, *self.embed_norm)
+                for layer in self.layers:
+                    x = layer(x)
+                scores = ((x @ self.key + self.key_bias) * self.query).sum(axis=-1) / np.float32(
+                    math.sqrt(self.d_model)
+                )
+                weights = _softmax(scores)
+                attention[r, events] = weights
+                pooled = weights @ x
+            if self.bag is not None:
+                bag = items[r] if bags is None else bags[r]
+                present = bag[(bag != PAD) & (bag != UNKNOWN)]
+                summed = self.bag[present].sum(axis=0) / np.float32(math.sqrt(max(len(present), 1)))
+                pooled = np.concatenate([pooled, np.tanh(summed)])
+            mu[r] = pooled @ self.mu + self.mu_bias
+            logits[r] = np.tanh(mu[r] @ self.hidden + self.hidden_bias) @ self.logits + self.logits_bias
+        return logits, mu, attention
