@@ -18,7 +18,7 @@ Two in-process floors, measured in the same run, without HTTP:
   concurrency 8 over this floor's p99. With 8 requests in flight on 2 cores, the service's
   latency also holds the requests queued ahead of it, which a one-at-a-time floor does not.
   The machine's speed drifts within minutes, so the floor (1,000 calls) and concurrency 8
-  alternate for ``--rounds`` rounds (default 3) while the service idles between them; each
+  alternate for ``--rounds`` rounds (default 5) while the service idles between them; each
   round's ratio compares measurements seconds apart, ``rounds`` keeps them all, and the
   figures reported for the floor and concurrency 8 are the round with the median ratio.
 - ``floor_c8`` (like with like): as many processes as the service has workers, each driven
@@ -32,7 +32,7 @@ Both floors settle their heap once their engine is loaded, as the service's work
 
 The prod profile serves the same registered model with its features in Redis.
 
-    make bench-serving        # or: python -m bench.serving --seconds 10 --rounds 3
+    make bench-serving        # or: python -m bench.serving --seconds 10 --rounds 5
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--profiles", default="local,prod")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternated rounds of the one-at-a-time floor and concurrency 8"
+        "--rounds", type=int, default=5, help="alternated rounds of the one-at-a-time floor and concurrency 8"
     )
     args = parser.parse_args()
     if args.rounds < 1:
