@@ -206,7 +206,8 @@ def _settings() -> Any:
     name="xinterest",
     http={"port": int(os.environ.get("XINTEREST_PORT", "3000"))},
     traffic={"timeout": 30, "max_concurrency": 256},
-    # CPU-bound Python: one worker process per core (each with one torch thread), at most four.
+    # CPU-bound Python: one worker process per core (each request on one thread: torch and BLAS
+    # limited to one, serving.loader.one_thread_per_request), at most four.
     workers=worker_count(),
     # Per-request costs that the hot path does not need by default (each is a sizeable share of
     # a ~3 ms request): an access-log line (XINTEREST_ACCESS_LOG=1 turns it on) and tracing
