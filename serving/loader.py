@@ -104,8 +104,10 @@ def settle_heap() -> None:
 def one_thread_per_request() -> None:
     """Run each request on one thread (the service's parallelism is its worker processes and
     their requests): torch's intra-op threads and BLAS's (numpy's OpenBLAS) limited to one. A
-    serving process's products are small, and BLAS workers spinning between them on a 2-core
-    machine made the VAE's pass for four persons five times slower."""
+    serving process's products are small, and with OpenBLAS's default thread per core its
+    workers spin between them beside the other processes: two processes answering 8 requests
+    in flight in turn (bench/serving.py's floor_c8) managed 198-212 requests/s, against 636-730
+    with one thread (measured once, 2 cores)."""
     import torch
     from threadpoolctl import threadpool_limits
 

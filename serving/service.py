@@ -249,7 +249,6 @@ class XInterest:
                     fresh = engine(self.settings, self.workdir, champion)
                     with self._lock:
                         self.engine = fresh
-                    del fresh
                     settle_heap()  # no full collections over the loaded model while serving
                     log.info("serving xinterest-recommender v%s", champion)
                 self.error = None

@@ -10,7 +10,6 @@ model's artifacts).
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +108,7 @@ class Recommender:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._numpy_vae: NumpyVAE | None = None  # the VAE for a few persons, made on first use
-        self._numpy_lock = threading.Lock()
+        self._numpy_vae = NumpyVAE(self.vae)  # the VAE's pass for a few persons (see encode)
         # Persons' bags (sparse rows) multiply it from the left: keep it row-major once.
         self.item_item = sp.csr_matrix(self.item_item)
         self.item_platform = np.asarray(self.vocab.item_platform, dtype=object)
@@ -155,9 +153,6 @@ class Recommender:
         if not 0 < len(sequences) <= _FEW:
             logits, mu, attention = infer(self.vae, inputs)
             return logits, mu, attention, inputs["items"]
-        with self._numpy_lock:
-            if self._numpy_vae is None:
-                self._numpy_vae = NumpyVAE(self.vae)
         logits, mu, attention = self._numpy_vae(inputs)
         return logits, mu, attention, inputs["items"]
 

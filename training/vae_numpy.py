@@ -14,9 +14,7 @@ gap pattern in steps of 7 once, and on every bucket's edges by the tests). No to
 runs here: a torch operator in a thread that never set torch's thread count starts an OpenMP
 worker that spins beside it.
 
-Serving processes limit BLAS to one thread (:func:`serving.loader.one_thread_per_request`):
-with its default thread per core, OpenBLAS's workers spin between these small products and a
-batch took five times as long.
+Serving processes limit BLAS to one thread (see :func:`serving.loader.one_thread_per_request`).
 
 Larger batches (offline evaluation, training) keep using the torch module.
 """
