@@ -8,6 +8,7 @@
  *   (pipelines.contract.content_ids); hashing row by row in Python was the largest cost of an
  *   ingest that the GIL serialised. This is the compression function of RFC 7693, unkeyed,
  *   with a 16-byte digest.
+ * - repeated64: which of many 64-bit hashes occur more than once (pipelines.ingest._repeated).
  * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
  *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
  *   repeated event ids (pipelines.ingest._repeated), where equal strings must hash alike and
@@ -204,6 +205,64 @@ static PyObject *hash64(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* repeated64(hashes, rows) -> bytes: for each of the rows (int64 positions into hashes, a
+ * uint64 per position), 1 if another of the rows has the same hash, else 0. One pass over an
+ * open-addressing table (linear probing, at most half full) of 4-byte slots, each holding
+ * 1 + the index of the first of the rows with its hash (0: empty). */
+static PyObject *repeated64(PyObject *self, PyObject *args) {
+    Py_buffer hashes, rows;
+    if (!PyArg_ParseTuple(args, "y*y*", &hashes, &rows)) return NULL;
+    PyObject *result = NULL;
+    uint32_t *table = NULL;
+    Py_ssize_t n = rows.len / 8, m = hashes.len / 8;
+    if (hashes.len % 8 != 0 || rows.len % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "hashes and rows: 8-byte values");
+        goto done;
+    }
+    if ((uint64_t)n >= UINT32_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "rows: fewer than 2**31 of them");
+        goto done;
+    }
+    const uint64_t *h = (const uint64_t *)hashes.buf;
+    const int64_t *r = (const int64_t *)rows.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (r[i] < 0 || r[i] >= m) {
+            PyErr_Format(PyExc_ValueError, "rows[%zd] = %lld is not a position in hashes", i, (long long)r[i]);
+            goto done;
+        }
+    }
+    size_t size = 16;
+    while (size < 2 * (size_t)n) size <<= 1;
+    table = (uint32_t *)PyMem_RawCalloc(size, sizeof(uint32_t));
+    result = PyBytes_FromStringAndSize(NULL, n);
+    if (table == NULL || result == NULL) {
+        Py_CLEAR(result);
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    Py_BEGIN_ALLOW_THREADS
+    memset(out, 0, (size_t)n);
+    const size_t mask = size - 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t key = h[r[i]];
+        size_t s = (size_t)fmix64(key) & mask;
+        while (table[s] != 0 && h[r[table[s] - 1]] != key) s = (s + 1) & mask;
+        if (table[s] == 0) {
+            table[s] = (uint32_t)i + 1;
+        } else {
+            out[i] = 1;
+            out[table[s] - 1] = 1;
+        }
+    }
+    Py_END_ALLOW_THREADS
+done:
+    PyMem_RawFree(table);
+    PyBuffer_Release(&hashes);
+    PyBuffer_Release(&rows);
+    return result;
+}
+
 #define MAX_FIELDS 32
 
 /* blake2b_128_joined(fields, separator, null) -> bytes: for each row i, the BLAKE2b-128 of the
@@ -286,6 +345,8 @@ static PyMethodDef METHODS[] = {
      "blake2b_128_joined(fields, separator, null) -> bytes: BLAKE2b-128 of each row's fields joined."},
     {"hash64", hash64, METH_VARARGS,
      "hash64(data, offsets) -> bytes: a 64-bit hash (native-endian) of each data[offsets[i]:offsets[i+1]]."},
+    {"repeated64", repeated64, METH_VARARGS,
+     "repeated64(hashes, rows) -> bytes: 1 for each of the rows whose uint64 hash another of them has."},
     {NULL, NULL, 0, NULL},
 };
 

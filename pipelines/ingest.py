@@ -204,7 +204,7 @@ def ingest(
         ordered = pool.submit(run.in_order)
         users_of = pool.submit(UserKeys.of, events["platform"], events["user_id"])
 
-        run.drop(_repeated(events["event_id"], run.keep), "duplicates")
+        run.drop(_repeated(events["event_id"], run.keep, hashed=run.id_hashes), "duplicates")
         users = users_of.result()
         bots = flag_bots(users.keys, events["action"], events["ts"], rules, among=run.keep)
         run.quarantine(events.filter(pa.array(bots)), bots, "bot_suspected")
@@ -264,6 +264,7 @@ class _Run:
         self._source: list[np.ndarray] = []  # per row: its source's index in `counts`
         self.keep = np.zeros(0, dtype=bool)
         self.source_of = np.zeros(0, dtype=np.int32)
+        self.id_hashes: np.ndarray | None = None  # of every row's event id, once events() ran
 
     def add(self, source: str, batch: _Checked) -> None:
         """One checked batch, in reading order."""
@@ -282,6 +283,8 @@ class _Run:
         self.source_of = np.concatenate(self._source) if batches else np.zeros(0, dtype=np.int32)
         events = pa.concat_tables([b.events for b in batches]) if batches else _empty_events()
         us = np.concatenate([b.us for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+        hashes = [b.id_hashes for b in batches]
+        self.id_hashes = np.concatenate(hashes) if all(h is not None for h in hashes) else None
         # One dictionary of pseudonyms for all batches (a few entries per user, not per row).
         self._events = _replace(events, "user_id", events["user_id"].unify_dictionaries())
         return self._events, us
@@ -363,6 +366,7 @@ class _Checked:
     reasons: Counter[str]
     us: np.ndarray  # ts in microseconds
     order: np.ndarray  # the valid rows' positions sorted by ts
+    id_hashes: np.ndarray | None  # of the event ids (see _string_hashes)
 
 
 def _check_loaded(batch: EventBatch, pseudo: Pseudonymiser, now: pd.Timestamp, rules: ValidationRules) -> _Checked:
@@ -373,7 +377,8 @@ def _check_loaded(batch: EventBatch, pseudo: Pseudonymiser, now: pd.Timestamp, r
     # order by (ts, event id) does not depend on how rows with equal ts come out here.
     rows = np.flatnonzero(valid)
     order = rows[np.argsort(us[rows])]
-    return _Checked(len(events), checked, valid, quarantined, reasons, us, order)
+    hashes = _string_hashes(checked["event_id"])
+    return _Checked(len(events), checked, valid, quarantined, reasons, us, order, hashes)
 
 
 _ORDERED_COLUMNS = [c for c in EVENT_COLUMNS if c != "person_id"]
@@ -386,17 +391,24 @@ _ENCODED_COLUMNS = [
 ]
 
 
-def _repeated(values: pa.ChunkedArray, among: np.ndarray, bits: int | None = None) -> np.ndarray:
+def _repeated(
+    values: pa.ChunkedArray, among: np.ndarray, bits: int | None = None, hashed: np.ndarray | None = None
+) -> np.ndarray:
     """The rows in ``among`` whose value (not null) a row before them in ``among`` already has.
 
-    Exact, and cheap when repeats are few: a hash of each string's length and first and last
-    eight bytes (equal strings hash alike) is counted in buckets (``2**bits``, default about
-    four per row), three times over different bits of it; only rows that shared a bucket with
-    another every time can repeat a value, and only those are compared as strings, in order."""
+    Exact, and cheap when repeats are few: only rows whose 64-bit hash (``hashed``, else
+    :func:`_string_hashes`; equal strings hash alike) another of them has can repeat a value,
+    and only those are compared as strings, in order. The C kernel finds them in one pass over
+    a hash table; without it (or with ``bits`` given) the hashes are counted in buckets
+    (``2**bits``, default about four per row), three times over different bits of them, and
+    rows that shared a bucket with another every time are compared."""
     out = np.zeros(len(among), dtype=bool)
-    hashed = _string_hashes(values)
+    hashed = _string_hashes(values) if hashed is None else hashed
     rows = np.flatnonzero(among & numpy_bool(pc.is_valid(values)))
-    for shift in (0, 21, 42) if hashed is not None else ():  # each pass looks at other bits of the hash
+    native = kernels() if bits is None and hashed is not None else None
+    if native is not None:
+        rows = rows[np.frombuffer(native.repeated64(hashed, rows), dtype=bool)]
+    for shift in (0, 21, 42) if hashed is not None and native is None else ():  # other bits each pass
         if len(rows) < 2:
             return out
         width = bits if bits is not None else min(22, max(10, len(rows).bit_length() + 2))

@@ -18,6 +18,11 @@ class Kernels(Protocol):
 
     def hash64(self, data: object, offsets: object) -> bytes: ...
 
+    def repeated64(self, hashes: object, rows: object) -> bytes: ...
+
+
+_KERNELS = ("blake2b_128_joined", "hash64", "repeated64")
+
 
 def kernels() -> Kernels | None:
     """The C module, or None (see the module docstring)."""
@@ -28,6 +33,6 @@ def kernels() -> Kernels | None:
     except ImportError:
         return None
     # A module built from an older pipelines/_native.c (``make setup`` rebuilds it) may lack a kernel.
-    if not all(hasattr(_native, name) for name in ("blake2b_128_joined", "hash64")):
+    if not all(hasattr(_native, name) for name in _KERNELS):
         return None
     return _native  # type: ignore[no-any-return]

@@ -42,7 +42,7 @@ from pipelines.contract import (
 )
 from pipelines.ingest import _repeated
 from pipelines.lake import Lake
-from pipelines.native import kernels
+from pipelines.native import Kernels, kernels
 from tests.conftest import require_or_skip
 
 
@@ -101,20 +101,33 @@ def _hash64(data: bytes) -> int:
     return h ^ (h >> 33)
 
 
+def _native_or_skip() -> Kernels:
+    """The C kernels; the test is skipped without them (fails where they are required, as in CI)."""
+    native = kernels()
+    if native is None:
+        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C kernels pipelines/_native.c were not built (no C compiler?)")
+    assert native is not None
+    return native
+
+
+def _random_strings(seed: int, longest: int) -> tuple[list[bytes], bytes, np.ndarray]:
+    """Random byte strings of every length from 0 to ``longest``, joined, with int64 offsets."""
+    rng = np.random.default_rng(seed)
+    strings = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in range(longest + 1)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings])]).astype(np.int64)
+    return strings, b"".join(strings), offsets
+
+
 def test_native_kernels_match_their_python_definitions_at_every_length_around_the_block() -> None:
     """pipelines/_native.c against hashlib's BLAKE2b and the Python hash64, on strings of 0 to
     400 bytes (one, two and three 128-byte blocks, and their edges) and on sliced Arrow arrays
     with nulls; the extension must be built where CI runs."""
-    native = kernels()
-    if native is None:
-        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C kernels pipelines/_native.c were not built (no C compiler?)")
-    rng = np.random.default_rng(0)
-    strings = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in range(401)]
-    data = b"".join(strings)
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings])]).astype(np.int64)
+    native = _native_or_skip()
+    strings, data, offsets = _random_strings(0, 400)
     one_field = native.blake2b_128_joined([(data, offsets, None)], b"\x1f", b"\x00")
     assert one_field == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in strings)
     # three fields, joined across block edges, with missing values
+    rng = np.random.default_rng(1)
     valid = np.frombuffer(rng.integers(0, 2, 401, dtype=np.uint8).astype(bool).tobytes(), dtype=bool)
     reversed_ = b"".join(strings[::-1])
     reversed_offsets = np.concatenate([[0], np.cumsum([len(s) for s in strings[::-1]])]).astype(np.int64)
@@ -155,6 +168,22 @@ def test_repeated_finds_the_same_rows_with_and_without_the_c_kernels(monkeypatch
         monkeypatch.setenv("XINTEREST_NATIVE", native)
         assert (_repeated(column, among) == want).all()
         assert (_repeated(column, among, bits=3) == want).all()
+        # one hash for every row: every row is a candidate and only the strings decide
+        assert (_repeated(column, among, hashed=np.zeros(3000, dtype=np.uint64)) == want).all()
+
+
+def test_repeated64_marks_every_row_whose_hash_another_chosen_row_has() -> None:
+    native = _native_or_skip()
+    rng = np.random.default_rng(2)
+    for n, distinct in ((0, 1), (1, 1), (5000, 50), (5000, 10**12), (40000, 30000)):
+        hashes = rng.integers(0, distinct, n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        rows = np.flatnonzero(rng.random(n) < 0.7)
+        chosen = hashes[rows]
+        _, inverse, counts = np.unique(chosen, return_inverse=True, return_counts=True)
+        got = np.frombuffer(native.repeated64(hashes, rows), dtype=bool)
+        assert got.tolist() == (counts[inverse] > 1).tolist()
+    with pytest.raises(ValueError, match="not a position"):
+        native.repeated64(np.zeros(3, dtype=np.uint64), np.array([0, 3], dtype=np.int64))
 
 
 def test_clean_strings_trims_exactly_like_utf8_trim_whitespace() -> None:
