@@ -8,13 +8,16 @@
  *   (pipelines.contract.content_ids); hashing row by row in Python was the largest cost of an
  *   ingest that the GIL serialised. This is the compression function of RFC 7693, unkeyed,
  *   with a 16-byte digest.
+ * - hmac_sha256: for each string s, hmac.new(key, prefix + s, sha256).digest(), cut to a
+ *   length: the keyed pseudonyms of users and persons (pipelines.identity.Pseudonymiser),
+ *   SHA-256 as FIPS 180-4 defines it.
  * - repeated64: which of many 64-bit hashes occur more than once (pipelines.ingest._repeated).
  * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
  *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
  *   repeated event ids (pipelines.ingest._repeated), where equal strings must hash alike and
  *   nothing more.
  *
- * tests/code/test_fast_paths.py checks them against hashlib and a Python hash64. The module
+ * tests/code/test_fast_paths.py checks them against hashlib, hmac and a Python hash64. The module
  * is optional (pipelines.native): without a C compiler at install, ingest computes the same
  * values in Python and numpy, more slowly.
  */
@@ -205,6 +208,139 @@ static PyObject *hash64(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* SHA-256 (FIPS 180-4) and HMAC (RFC 2104) over it. */
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+static inline uint32_t rotr32(uint32_t x, unsigned n) { return (x >> n) | (x << (32 - n)); }
+
+static void sha256_compress(uint32_t h[8], const uint8_t block[64]) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)block[4 * i] << 24 | (uint32_t)block[4 * i + 1] << 16 | (uint32_t)block[4 * i + 2] << 8 |
+               (uint32_t)block[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = rotr32(w[i - 15], 7) ^ rotr32(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = rotr32(w[i - 2], 17) ^ rotr32(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = k + (rotr32(e, 6) ^ rotr32(e, 11) ^ rotr32(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        uint32_t t2 = (rotr32(a, 2) ^ rotr32(a, 13) ^ rotr32(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
+}
+
+typedef struct {
+    uint32_t h[8];
+    uint8_t block[64];
+    size_t fill;
+    uint64_t total;
+} sha256_state;
+
+static void sha256_init(sha256_state *s) {
+    static const uint32_t IV256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                      0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, IV256, sizeof IV256);
+    s->fill = 0;
+    s->total = 0;
+}
+
+static void sha256_update(sha256_state *s, const uint8_t *p, size_t n) {
+    s->total += n;
+    while (n > 0) {
+        size_t take = 64 - s->fill < n ? 64 - s->fill : n;
+        memcpy(s->block + s->fill, p, take);
+        s->fill += take, p += take, n -= take;
+        if (s->fill == 64) {
+            sha256_compress(s->h, s->block);
+            s->fill = 0;
+        }
+    }
+}
+
+static void sha256_final(sha256_state *s, uint8_t out[32]) {
+    uint64_t bits = s->total * 8;
+    uint8_t pad = 0x80, zero = 0, length[8];
+    sha256_update(s, &pad, 1);
+    while (s->fill != 56) sha256_update(s, &zero, 1);
+    for (int i = 0; i < 8; i++) length[i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha256_update(s, length, 8);
+    for (int i = 0; i < 8; i++)
+        out[4 * i] = (uint8_t)(s->h[i] >> 24), out[4 * i + 1] = (uint8_t)(s->h[i] >> 16),
+        out[4 * i + 2] = (uint8_t)(s->h[i] >> 8), out[4 * i + 3] = (uint8_t)s->h[i];
+}
+
+/* hmac_sha256(key, prefix, data, offsets, width) -> bytes: for each range s of data, the
+ * first width bytes of HMAC-SHA256(key, prefix + s), one after another. The key's inner and
+ * outer states are computed once. */
+static PyObject *hmac_sha256(PyObject *self, PyObject *args) {
+    Py_buffer key, prefix, data, offsets;
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*n", &key, &prefix, &data, &offsets, &width)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = ranges(&data, &offsets);
+    if (n >= 0 && (width < 1 || width > 32)) {
+        PyErr_SetString(PyExc_ValueError, "width: 1 to 32 bytes");
+        n = -1;
+    }
+    if (n >= 0) result = PyBytes_FromStringAndSize(NULL, width * n);
+    if (result != NULL) {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+        const uint8_t *bytes = (const uint8_t *)data.buf;
+        const int64_t *off = (const int64_t *)offsets.buf;
+        Py_BEGIN_ALLOW_THREADS
+        uint8_t padded[64] = {0}, pad[64], digest[32];
+        sha256_state inner0, outer0, st;
+        if (key.len > 64) {
+            sha256_init(&st);
+            sha256_update(&st, (const uint8_t *)key.buf, (size_t)key.len);
+            sha256_final(&st, padded);
+        } else {
+            memcpy(padded, key.buf, (size_t)key.len);
+        }
+        for (int i = 0; i < 64; i++) pad[i] = padded[i] ^ 0x36;
+        sha256_init(&inner0);
+        sha256_update(&inner0, pad, 64);
+        for (int i = 0; i < 64; i++) pad[i] = padded[i] ^ 0x5c;
+        sha256_init(&outer0);
+        sha256_update(&outer0, pad, 64);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            st = inner0;
+            sha256_update(&st, (const uint8_t *)prefix.buf, (size_t)prefix.len);
+            sha256_update(&st, bytes + off[i], (size_t)(off[i + 1] - off[i]));
+            sha256_final(&st, digest);
+            st = outer0;
+            sha256_update(&st, digest, 32);
+            sha256_final(&st, digest);
+            memcpy(out + width * i, digest, (size_t)width);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offsets);
+    return result;
+}
+
 /* repeated64(hashes, rows) -> bytes: for each of the rows (int64 positions into hashes, a
  * uint64 per position), 1 if another of the rows has the same hash, else 0. One pass over an
  * open-addressing table (linear probing, at most half full) of 4-byte slots, each holding
@@ -345,6 +481,8 @@ static PyMethodDef METHODS[] = {
      "blake2b_128_joined(fields, separator, null) -> bytes: BLAKE2b-128 of each row's fields joined."},
     {"hash64", hash64, METH_VARARGS,
      "hash64(data, offsets) -> bytes: a 64-bit hash (native-endian) of each data[offsets[i]:offsets[i+1]]."},
+    {"hmac_sha256", hmac_sha256, METH_VARARGS,
+     "hmac_sha256(key, prefix, data, offsets, width) -> bytes: HMAC-SHA256(key, prefix + s)[:width] of each range."},
     {"repeated64", repeated64, METH_VARARGS,
      "repeated64(hashes, rows) -> bytes: 1 for each of the rows whose uint64 hash another of them has."},
     {NULL, NULL, 0, NULL},

@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipelines.contract import first_occurrences, prefixed_hex
+from pipelines.contract import first_occurrences, prefixed_hex, string_buffers
+from pipelines.native import kernels
 
 PERSON_MAP_COLUMNS = ["platform", "user_id", "person_id"]
 
@@ -87,6 +88,13 @@ class Pseudonymiser:
 
     def persons(self, representatives: Iterable[str]) -> pa.Array:
         """Person ids of many representatives, as Arrow strings (written all at once)."""
+        representatives = list(representatives)
+        native = kernels()
+        if native is not None and all(isinstance(r, str) for r in representatives):
+            data, offsets = string_buffers(pa.array(representatives, pa.string()))
+            return prefixed_hex(
+                b"p", native.hmac_sha256(self._key, b"person\x1f", data, offsets, _PERSON_BYTES), _PERSON_BYTES
+            )
         digest = self._person_digest
         digests = bytearray()
         for representative in representatives:
@@ -116,8 +124,14 @@ class Pseudonymiser:
         if isinstance(keys, pa.ChunkedArray):
             keys = keys.combine_chunks()
         encoded = pc.dictionary_encode(keys)
-        distinct = encoded.dictionary.cast(pa.binary()).to_numpy(zero_copy_only=False)
-        return pa.DictionaryArray.from_arrays(encoded.indices, self._user_pseudonyms(distinct))
+        native = kernels()
+        if native is not None:  # in C, without the GIL: no need to remember pseudonyms
+            data, offsets = string_buffers(encoded.dictionary)
+            digests = native.hmac_sha256(self._key, b"", data, offsets, self._USER_BYTES)
+            pseudonyms = prefixed_hex(b"u", digests, self._USER_BYTES)
+        else:
+            pseudonyms = self._user_pseudonyms(encoded.dictionary.cast(pa.binary()).to_numpy(zero_copy_only=False))
+        return pa.DictionaryArray.from_arrays(encoded.indices, pseudonyms)
 
 
 def resolve_persons(nodes: pd.DataFrame, links: pd.DataFrame, pseudonymiser: Pseudonymiser) -> pd.DataFrame:

@@ -20,8 +20,10 @@ class Kernels(Protocol):
 
     def repeated64(self, hashes: object, rows: object) -> bytes: ...
 
+    def hmac_sha256(self, key: bytes, prefix: bytes, data: object, offsets: object, width: int) -> bytes: ...
 
-_KERNELS = ("blake2b_128_joined", "hash64", "repeated64")
+
+_KERNELS = ("blake2b_128_joined", "hash64", "repeated64", "hmac_sha256")
 
 
 def kernels() -> Kernels | None:

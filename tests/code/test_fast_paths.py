@@ -8,6 +8,7 @@ definition, so these tests feed both the easy and the awkward inputs.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from pipelines.contract import (
     first_occurrences,
     flag_bots,
 )
+from pipelines.identity import Pseudonymiser
 from pipelines.ingest import _repeated
 from pipelines.lake import Lake
 from pipelines.native import Kernels, kernels
@@ -149,6 +151,42 @@ def test_native_kernels_match_their_python_definitions_at_every_length_around_th
         native.hash64(b"abc", np.array([0, 4], dtype=np.int64))
     with pytest.raises(ValueError, match="another number of rows"):
         native.blake2b_128_joined([(data, offsets, None), (b"ab", np.array([0, 1, 2]), None)], b"", b"")
+
+
+def test_hmac_sha256_matches_hmac_for_keys_and_strings_around_the_block_sizes() -> None:
+    """The C HMAC-SHA256 against the hmac module: keys shorter than, equal to and longer than
+    SHA-256's 64-byte block, prefixes, and strings of 0 to 200 bytes (padding edges at 55/56/64)."""
+    native = _native_or_skip()
+    strings, data, offsets = _random_strings(4, 200)
+    for key in (b"k", b"x" * 64, b"y" * 65, "clé".encode()):
+        for prefix in (b"", b"person\x1f", b"p" * 70):
+            want = [hmac.new(key, prefix + s, hashlib.sha256).digest() for s in strings]
+            assert native.hmac_sha256(key, prefix, data, offsets, 32) == b"".join(want)
+            assert native.hmac_sha256(key, prefix, data, offsets, 12) == b"".join(w[:12] for w in want)
+    with pytest.raises(ValueError, match="width"):
+        native.hmac_sha256(b"k", b"", data, offsets, 33)
+
+
+def test_pseudonyms_are_the_same_with_and_without_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    platforms = pa.array(["web", "ios", None, "web", "web", "app"])
+    users = pa.array(["a", "b", "c", None, "a", "\u00e9" * 40])
+    representatives = ["u1", "", "u" + "f" * 80]
+    got = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("XINTEREST_NATIVE", native)
+        p = Pseudonymiser("a key")
+        got[native] = (p.user_array(platforms, users).to_pylist(), p.persons(representatives).to_pylist())
+    assert got["1"] == got["0"]
+    p = Pseudonymiser("a key")
+    assert got["1"][0] == [
+        p.user("web", "a"),
+        p.user("ios", "b"),
+        None,
+        None,
+        p.user("web", "a"),
+        p.user("app", "\u00e9" * 40),
+    ]
+    assert got["1"][1] == [p.person(r) for r in representatives]
 
 
 def test_repeated_finds_the_same_rows_with_and_without_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
