@@ -11,6 +11,8 @@
  * - hmac_sha256: for each string s, hmac.new(key, prefix + s, sha256).digest(), cut to a
  *   length: the keyed pseudonyms of users and persons (pipelines.identity.Pseudonymiser),
  *   SHA-256 as FIPS 180-4 defines it.
+ * - first_appearance: a dictionary column's indices renumbered in order of first appearance
+ *   (pipelines.lake._first_appearance: how each event file stores its dictionaries).
  * - repeated64: which of many 64-bit hashes occur more than once (pipelines.ingest._repeated).
  * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
  *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
@@ -341,6 +343,69 @@ static PyObject *hmac_sha256(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* first_appearance(indices, valid, size) -> (indices, used): a dictionary column renumbered by
+ * first appearance. indices: int32 entries of a dictionary of size entries; valid: a byte per
+ * row (0: null) or None. Returns the rows' new indices (int32; -1 where null) and the old
+ * entries in the order they first occur (int32). */
+static PyObject *first_appearance(PyObject *self, PyObject *args) {
+    Py_buffer indices, valid = {0};
+    PyObject *valid_obj;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "y*On", &indices, &valid_obj, &size)) return NULL;
+    PyObject *renumbered = NULL, *used = NULL, *result = NULL;
+    int32_t *slot = NULL;
+    int has_valid = valid_obj != Py_None;
+    if (has_valid && PyObject_GetBuffer(valid_obj, &valid, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&indices);
+        return NULL;
+    }
+    Py_ssize_t n = indices.len / 4;
+    const int32_t *in = (const int32_t *)indices.buf;
+    const uint8_t *ok = has_valid ? (const uint8_t *)valid.buf : NULL;
+    if (indices.len % 4 != 0 || size < 0 || size >= INT32_MAX || (has_valid && valid.len != n)) {
+        PyErr_SetString(PyExc_ValueError, "indices: int32 values; valid: a byte per index; size: the dictionary's length");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if ((!ok || ok[i]) && (in[i] < 0 || in[i] >= size)) {
+            PyErr_Format(PyExc_ValueError, "indices[%zd] = %d is not an entry of a dictionary of %zd", i, in[i], size);
+            goto done;
+        }
+    }
+    slot = (int32_t *)PyMem_RawMalloc((size_t)(size > 0 ? size : 1) * sizeof(int32_t));
+    renumbered = PyBytes_FromStringAndSize(NULL, 4 * n);
+    used = PyBytes_FromStringAndSize(NULL, 4 * (n < size ? n : size));
+    if (slot == NULL || renumbered == NULL || used == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    int32_t *out = (int32_t *)PyBytes_AS_STRING(renumbered), *first = (int32_t *)PyBytes_AS_STRING(used);
+    Py_ssize_t k = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t e = 0; e < size; e++) slot[e] = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (ok && !ok[i]) {
+            out[i] = -1;
+            continue;
+        }
+        int32_t e = in[i];
+        if (slot[e] < 0) {
+            slot[e] = (int32_t)k;
+            first[k++] = e;
+        }
+        out[i] = slot[e];
+    }
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(&used, 4 * k) == 0) result = PyTuple_Pack(2, renumbered, used);
+done:
+    Py_XDECREF(renumbered);
+    Py_XDECREF(used);
+    PyMem_RawFree(slot);
+    if (has_valid) PyBuffer_Release(&valid);
+    PyBuffer_Release(&indices);
+    return result;
+}
+
 /* repeated64(hashes, rows) -> bytes: for each of the rows (int64 positions into hashes, a
  * uint64 per position), 1 if another of the rows has the same hash, else 0. One pass over an
  * open-addressing table (linear probing, at most half full) of 4-byte slots, each holding
@@ -483,6 +548,8 @@ static PyMethodDef METHODS[] = {
      "hash64(data, offsets) -> bytes: a 64-bit hash (native-endian) of each data[offsets[i]:offsets[i+1]]."},
     {"hmac_sha256", hmac_sha256, METH_VARARGS,
      "hmac_sha256(key, prefix, data, offsets, width) -> bytes: HMAC-SHA256(key, prefix + s)[:width] of each range."},
+    {"first_appearance", first_appearance, METH_VARARGS,
+     "first_appearance(indices, valid, size) -> (indices, used): int32 dictionary indices renumbered by first appearance."},
     {"repeated64", repeated64, METH_VARARGS,
      "repeated64(hashes, rows) -> bytes: 1 for each of the rows whose uint64 hash another of them has."},
     {NULL, NULL, 0, NULL},

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipelines.contract import EVENT_COLUMNS, EVENTS_SCHEMA
+from pipelines.contract import EVENT_COLUMNS, EVENTS_SCHEMA, numpy_bool
+from pipelines.native import kernels
 
 MANIFEST = "_manifest.json"
 
@@ -294,14 +295,28 @@ def _first_appearance(values: pa.ChunkedArray, checked: _UniqueDictionaries | No
         return pa.array([], pa.string()).dictionary_encode()
     dictionary = chunks[0].dictionary
     # Number the entries in use by first appearance: a pass over integers, not strings.
-    used = pc.dictionary_encode(pa.concat_arrays([chunk.indices for chunk in chunks]))
-    occurring = dictionary.take(used.dictionary)
+    indices, occurring = _renumbered(pa.concat_arrays([chunk.indices for chunk in chunks]), dictionary)
     # A dictionary known to hold each value once needs no look at the values that occur.
     if not (checked is not None and checked.unique(dictionary)) and pc.count_distinct(occurring).as_py() != len(
         occurring
     ):  # one value at two entries
         return pc.dictionary_encode(pc.cast(values, pa.string()).combine_chunks())
-    return pa.DictionaryArray.from_arrays(pc.cast(used.indices, pa.int32()), occurring)
+    return pa.DictionaryArray.from_arrays(indices, occurring)
+
+
+def _renumbered(indices: pa.Array, dictionary: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Dictionary indices renumbered by first appearance (int32, nulls kept), and the entries
+    that occur in that order: one pass in C (pipelines/_native.c), else Arrow's hash kernel."""
+    native = kernels()
+    if native is None or indices.type != pa.int32() or not len(indices):
+        used = pc.dictionary_encode(indices)
+        return pc.cast(used.indices, pa.int32()), dictionary.take(used.dictionary)
+    values = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=len(indices), offset=4 * indices.offset)
+    valid = numpy_bool(pc.is_valid(indices)) if indices.null_count else None
+    renumbered, used = native.first_appearance(values, valid, len(dictionary))
+    new = np.frombuffer(renumbered, dtype=np.int32)
+    occurring = dictionary.take(pa.array(np.frombuffer(used, dtype=np.int32)))
+    return (pa.array(new, mask=~valid) if valid is not None else pa.array(new)), occurring
 
 
 def _sorted(table: pa.Table) -> bool:

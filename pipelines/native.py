@@ -20,10 +20,12 @@ class Kernels(Protocol):
 
     def repeated64(self, hashes: object, rows: object) -> bytes: ...
 
+    def first_appearance(self, indices: object, valid: object | None, size: int) -> tuple[bytes, bytes]: ...
+
     def hmac_sha256(self, key: bytes, prefix: bytes, data: object, offsets: object, width: int) -> bytes: ...
 
 
-_KERNELS = ("blake2b_128_joined", "hash64", "repeated64", "hmac_sha256")
+_KERNELS = ("blake2b_128_joined", "hash64", "repeated64", "hmac_sha256", "first_appearance")
 
 
 def kernels() -> Kernels | None:

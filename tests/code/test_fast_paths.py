@@ -419,3 +419,27 @@ def test_dates_sharing_dictionaries_are_stored_alike_with_the_uniqueness_check_s
         stored = _lake_order(part, checked)
         assert stored.equals(_lake_order(part))
         assert stored.equals(_lake_order(part.cast(EVENTS_SCHEMA)))
+
+
+def test_first_appearance_renumbers_alike_with_and_without_the_c_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dictionary column with nulls, sliced at an offset and in several chunks, comes out as
+    dictionary-encoding its plain strings gives it (entries in order of first appearance), in
+    C and in Arrow; out-of-range indices are refused."""
+    from pipelines.lake import _first_appearance
+
+    rng = np.random.default_rng(6)
+    dictionary = pa.array([f"v{i}" for i in range(50)], pa.string())
+    codes = rng.integers(0, 50, 700).astype(np.int32)
+    indices = pa.array(codes, mask=rng.random(700) < 0.1)
+    whole = pa.DictionaryArray.from_arrays(indices, dictionary)
+    column = pa.chunked_array([whole.slice(3, 200), whole.slice(203, 300), whole.slice(503, 0), whole.slice(503)])
+    want = pc.dictionary_encode(pc.cast(column, pa.string()).combine_chunks())
+    for native in ("1", "0"):
+        monkeypatch.setenv("XINTEREST_NATIVE", native)
+        got = _first_appearance(column)
+        assert got.dictionary.equals(want.dictionary)
+        assert got.indices.equals(want.indices)
+    monkeypatch.setenv("XINTEREST_NATIVE", "1")
+    kernel = _native_or_skip()
+    with pytest.raises(ValueError, match="not an entry"):
+        kernel.first_appearance(np.array([0, 5], dtype=np.int32), None, 5)
