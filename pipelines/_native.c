@@ -407,14 +407,17 @@ done:
 }
 
 /* repeated64(hashes, rows) -> bytes: for each of the rows (int64 positions into hashes, a
- * uint64 per position), 1 if another of the rows has the same hash, else 0. One pass over an
- * open-addressing table (linear probing, at most half full) of 4-byte slots, each holding
- * 1 + the index of the first of the rows with its hash (0: empty). */
+ * uint64 per position), 1 if another of the rows has the same hash, else 0. Repeats are few:
+ * a first pass sets, in two bitmaps small enough to stay in cache, which slots (a hash's top
+ * bits) were seen and which were seen twice; only the rows of a slot seen twice go through an
+ * open-addressing table (linear probing, at most half full) of 4-byte entries, each holding
+ * 1 + the index of the first of those rows with its hash (0: empty). */
 static PyObject *repeated64(PyObject *self, PyObject *args) {
     Py_buffer hashes, rows;
     if (!PyArg_ParseTuple(args, "y*y*", &hashes, &rows)) return NULL;
     PyObject *result = NULL;
-    uint32_t *table = NULL;
+    uint8_t *seen = NULL;
+    uint32_t *table = NULL, *maybe = NULL;
     Py_ssize_t n = rows.len / 8, m = hashes.len / 8;
     if (hashes.len % 8 != 0 || rows.len % 8 != 0) {
         PyErr_SetString(PyExc_ValueError, "hashes and rows: 8-byte values");
@@ -432,33 +435,61 @@ static PyObject *repeated64(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    size_t size = 16;
-    while (size < 2 * (size_t)n) size <<= 1;
-    table = (uint32_t *)PyMem_RawCalloc(size, sizeof(uint32_t));
+    int bits = 16; /* slots: about 8 per row, 2**16 to 2**24 (two bitmaps of at most 2 MiB each) */
+    while (bits < 24 && ((size_t)1 << bits) < 8 * (size_t)n) bits++;
+    const size_t slots = (size_t)1 << bits;
+    seen = (uint8_t *)PyMem_RawCalloc(slots / 4, 1); /* seen, then seen twice */
+    maybe = (uint32_t *)PyMem_RawMalloc((size_t)(n > 0 ? n : 1) * sizeof(uint32_t));
     result = PyBytes_FromStringAndSize(NULL, n);
-    if (table == NULL || result == NULL) {
+    if (seen == NULL || maybe == NULL || result == NULL) {
         Py_CLEAR(result);
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result), *twice = seen + slots / 8;
+    Py_ssize_t k = 0;
+    int failed = 0;
     Py_BEGIN_ALLOW_THREADS
     memset(out, 0, (size_t)n);
-    const size_t mask = size - 1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t key = h[r[i]];
-        size_t s = (size_t)fmix64(key) & mask;
-        while (table[s] != 0 && h[r[table[s] - 1]] != key) s = (s + 1) & mask;
-        if (table[s] == 0) {
-            table[s] = (uint32_t)i + 1;
-        } else {
-            out[i] = 1;
-            out[table[s] - 1] = 1;
+        size_t slot = (size_t)(fmix64(h[r[i]]) >> (64 - bits));
+        uint8_t bit = (uint8_t)(1u << (slot & 7));
+        if (seen[slot >> 3] & bit) twice[slot >> 3] |= bit;
+        seen[slot >> 3] |= bit;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t slot = (size_t)(fmix64(h[r[i]]) >> (64 - bits));
+        if (twice[slot >> 3] & (1u << (slot & 7))) maybe[k++] = (uint32_t)i;
+    }
+    size_t size = 16;
+    while (size < 2 * (size_t)k) size <<= 1;
+    table = (uint32_t *)PyMem_RawCalloc(size, sizeof(uint32_t));
+    if (table == NULL) {
+        failed = 1;
+    } else {
+        const size_t mask = size - 1;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            uint32_t i = maybe[j];
+            uint64_t key = h[r[i]];
+            size_t s = (size_t)fmix64(key) & mask;
+            while (table[s] != 0 && h[r[table[s] - 1]] != key) s = (s + 1) & mask;
+            if (table[s] == 0) {
+                table[s] = i + 1;
+            } else {
+                out[i] = 1;
+                out[table[s] - 1] = 1;
+            }
         }
     }
     Py_END_ALLOW_THREADS
+    if (failed) {
+        Py_CLEAR(result);
+        PyErr_NoMemory();
+    }
 done:
     PyMem_RawFree(table);
+    PyMem_RawFree(maybe);
+    PyMem_RawFree(seen);
     PyBuffer_Release(&hashes);
     PyBuffer_Release(&rows);
     return result;
