@@ -207,9 +207,9 @@ def ingest(
         run.drop(_repeated(events["event_id"], run.keep, hashed=run.id_hashes), "duplicates")
         users = users_of.result()
         bots = flag_bots(users.keys, events["action"], events["ts"], rules, among=run.keep)
-        run.quarantine(events.filter(pa.array(bots)), bots, "bot_suspected")
+        run.quarantine(events.take(pa.array(np.flatnonzero(bots))), bots, "bot_suspected")  # few: no pass over all
         run.drop(bots, None)
-        touched = _date_names(np.sort(pc.unique(pa.array(days[run.keep])).to_numpy()))
+        touched = _date_names(_distinct_days(days[run.keep]))
         in_lake = lake.events_table(columns=["event_id"], dates=touched)["event_id"]
         dup_lake = np.zeros(len(run.keep), dtype=bool)
         if len(in_lake):
@@ -217,8 +217,10 @@ def ingest(
         n_dup_lake = run.drop(dup_lake, "duplicates")
         run.accept()
 
-        given = run.keep & numpy_bool(pc.is_valid(events["person_id"]))
-        given_rows = events.filter(pa.array(given)).select(["platform", "user_id", "person_id"])
+        given_rows = events.select(["platform", "user_id", "person_id"]).slice(0, 0)
+        if events["person_id"].null_count < events.num_rows:  # a source that names persons
+            given = run.keep & numpy_bool(pc.is_valid(events["person_id"]))
+            given_rows = events.filter(pa.array(given)).select(["platform", "user_id", "person_id"])
         given_rows = _replace(given_rows, "user_id", given_rows["user_id"].cast(pa.string()))
         links_counts, links = _links(sourced_links.result(), given_rows, lake)
         persons, person_of_row, remap = _identities(users, run.keep, links, old_persons_of.result(), pseudo)
@@ -342,6 +344,14 @@ class _Run:
             if n:
                 c = self.counts[names[i]]
                 setattr(c, field_name, getattr(c, field_name) + int(n))
+
+
+def _distinct_days(days: np.ndarray) -> np.ndarray:
+    """The distinct day numbers, ascending (counted in an array: days span a short range)."""
+    if not len(days):
+        return days
+    first = int(days.min())
+    return np.flatnonzero(np.bincount(days - first)) + first
 
 
 def _date_names(days: np.ndarray) -> list[str]:

@@ -443,3 +443,11 @@ def test_first_appearance_renumbers_alike_with_and_without_the_c_kernels(monkeyp
     kernel = _native_or_skip()
     with pytest.raises(ValueError, match="not an entry"):
         kernel.first_appearance(np.array([0, 5], dtype=np.int32), None, 5)
+
+
+def test_distinct_days_are_numpy_unique() -> None:
+    from pipelines.ingest import _distinct_days
+
+    rng = np.random.default_rng(8)
+    for days in (np.zeros(0, dtype=np.int64), np.array([-3, 5, -3]), rng.integers(19000, 19400, 5000)):
+        assert _distinct_days(days).tolist() == np.unique(days).tolist()
