@@ -34,14 +34,16 @@ class Pseudonymiser:
         if not key:
             raise ValueError("the pseudonymisation key is empty: set XINTEREST_PSEUDONYM_KEY")
         self._key = key.encode()
-        # HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once: per
-        # value, two copies and two updates instead of hmac.new's key schedule and wrapper.
-        # The digests are exactly hmac.new(key, text, sha256)'s (tests/code/test_identity.py checks them).
+        # Many values at once go through the C kernel (pipelines/_native.c, hmac_sha256) when it
+        # is built. In Python: HMAC-SHA256 (RFC 2104) with the keyed inner and outer states
+        # computed once: per value, two copies and two updates instead of hmac.new's key
+        # schedule and wrapper. Both give exactly hmac.new(key, text, sha256)'s digests
+        # (tests/code/test_identity.py and test_fast_paths.py check them).
         block = hashlib.sha256().block_size
         padded = (hashlib.sha256(self._key).digest() if len(self._key) > block else self._key).ljust(block, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded)).copy
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded)).copy
-        # Pseudonyms already computed in this run (their digests), by ``platform\x1fuser_id``
+        # Pseudonyms already computed in Python (their digests), by ``platform\x1fuser_id``
         # bytes: identity links name the same users as the events. Bounded, so memory stays bounded.
         self._users: dict[bytes, bytes] = {}
 
