@@ -10,7 +10,7 @@
  *   with a 16-byte digest.
  * - hmac_sha256: for each string s, hmac.new(key, prefix + s, sha256).digest(), cut to a
  *   length: the keyed pseudonyms of users and persons (pipelines.identity.Pseudonymiser),
- *   SHA-256 as FIPS 180-4 defines it.
+ *   SHA-256 as FIPS 180-4 defines it, with the x86 SHA extensions where the CPU has them.
  * - first_appearance: a dictionary column's indices renumbered in order of first appearance
  *   (pipelines.lake._first_appearance: how each event file stores its dictionaries).
  * - repeated64: which of many 64-bit hashes occur more than once (pipelines.ingest._repeated).
@@ -250,19 +250,67 @@ static void sha256_compress(uint32_t h[8], const uint8_t block[64]) {
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHA_NI_PATH 1
+/* The same compression with the x86 SHA extensions (four rounds per sha256rnds2 pair), for CPUs
+ * that have them (sha256_ni_usable); the message schedule as sha256msg1/msg2 compute it:
+ * W[t] = msg2(msg1(W[t-4], W[t-3]) + (W[t-2], W[t-1]) shifted by one word, W[t-1]), four
+ * words per W. */
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_compress_ni(uint32_t h[8], const uint8_t block[64]) {
+    const __m128i order = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL); /* big-endian words */
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i state1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B); /* EFGH */
+    __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);                                  /* ABEF */
+    state1 = _mm_blend_epi16(state1, tmp, 0xF0);                                         /* CDGH */
+    const __m128i abef = state0, cdgh = state1;
+    __m128i w[4];
+    for (int g = 0; g < 16; g++) {
+        __m128i *m = &w[g & 3];
+        if (g < 4) {
+            *m = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16 * g)), order);
+        } else {
+            __m128i older = _mm_sha256msg1_epu32(w[g & 3], w[(g + 1) & 3]);
+            older = _mm_add_epi32(older, _mm_alignr_epi8(w[(g + 3) & 3], w[(g + 2) & 3], 4));
+            *m = _mm_sha256msg2_epu32(older, w[(g + 3) & 3]);
+        }
+        __m128i msg = _mm_add_epi32(*m, _mm_loadu_si128((const __m128i *)&K256[4 * g]));
+        state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
+        state0 = _mm_sha256rnds2_epu32(state0, state1, _mm_shuffle_epi32(msg, 0x0E));
+    }
+    state0 = _mm_add_epi32(state0, abef);
+    state1 = _mm_add_epi32(state1, cdgh);
+    tmp = _mm_shuffle_epi32(state0, 0x1B);                                   /* FEBA */
+    state1 = _mm_shuffle_epi32(state1, 0xB1);                                /* DCHG */
+    _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(tmp, state1, 0xF0)); /* DCBA */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(state1, tmp, 8));    /* HGFE */
+}
+
+/* Whether the CPU has the SHA extensions and SSE4.1 (CPUID leaf 7 EBX bit 29, leaf 1 ECX bit 19). */
+static int sha256_ni_usable(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 19)) || !(c & (1u << 9))) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 29) & 1;
+}
+#endif
+
 typedef struct {
     uint32_t h[8];
     uint8_t block[64];
     size_t fill;
     uint64_t total;
+    void (*compress)(uint32_t h[8], const uint8_t block[64]);
 } sha256_state;
 
-static void sha256_init(sha256_state *s) {
+static void sha256_init(sha256_state *s, void (*compress)(uint32_t h[8], const uint8_t block[64])) {
     static const uint32_t IV256[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                       0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     memcpy(s->h, IV256, sizeof IV256);
     s->fill = 0;
     s->total = 0;
+    s->compress = compress;
 }
 
 static void sha256_update(sha256_state *s, const uint8_t *p, size_t n) {
@@ -272,7 +320,7 @@ static void sha256_update(sha256_state *s, const uint8_t *p, size_t n) {
         memcpy(s->block + s->fill, p, take);
         s->fill += take, p += take, n -= take;
         if (s->fill == 64) {
-            sha256_compress(s->h, s->block);
+            s->compress(s->h, s->block);
             s->fill = 0;
         }
     }
@@ -280,23 +328,33 @@ static void sha256_update(sha256_state *s, const uint8_t *p, size_t n) {
 
 static void sha256_final(sha256_state *s, uint8_t out[32]) {
     uint64_t bits = s->total * 8;
-    uint8_t pad = 0x80, zero = 0, length[8];
-    sha256_update(s, &pad, 1);
-    while (s->fill != 56) sha256_update(s, &zero, 1);
-    for (int i = 0; i < 8; i++) length[i] = (uint8_t)(bits >> (56 - 8 * i));
-    sha256_update(s, length, 8);
+    s->block[s->fill++] = 0x80; /* fill < 64 after an update */
+    if (s->fill > 56) {
+        memset(s->block + s->fill, 0, 64 - s->fill);
+        s->compress(s->h, s->block);
+        s->fill = 0;
+    }
+    memset(s->block + s->fill, 0, 56 - s->fill);
+    for (int i = 0; i < 8; i++) s->block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    s->compress(s->h, s->block);
     for (int i = 0; i < 8; i++)
         out[4 * i] = (uint8_t)(s->h[i] >> 24), out[4 * i + 1] = (uint8_t)(s->h[i] >> 16),
         out[4 * i + 2] = (uint8_t)(s->h[i] >> 8), out[4 * i + 3] = (uint8_t)s->h[i];
 }
 
-/* hmac_sha256(key, prefix, data, offsets, width) -> bytes: for each range s of data, the
- * first width bytes of HMAC-SHA256(key, prefix + s), one after another. The key's inner and
- * outer states are computed once. */
+/* hmac_sha256(key, prefix, data, offsets, width, portable=0) -> bytes: for each range s of
+ * data, the first width bytes of HMAC-SHA256(key, prefix + s), one after another. The key's
+ * inner and outer states are computed once. The SHA extensions are used where the CPU has
+ * them, unless portable (tests compare both paths). */
 static PyObject *hmac_sha256(PyObject *self, PyObject *args) {
     Py_buffer key, prefix, data, offsets;
     Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*n", &key, &prefix, &data, &offsets, &width)) return NULL;
+    int portable = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*n|p", &key, &prefix, &data, &offsets, &width, &portable)) return NULL;
+    void (*compress)(uint32_t h[8], const uint8_t block[64]) = sha256_compress;
+#ifdef HAVE_SHA_NI_PATH
+    if (!portable && sha256_ni_usable()) compress = sha256_compress_ni;
+#endif
     PyObject *result = NULL;
     Py_ssize_t n = ranges(&data, &offsets);
     if (n >= 0 && (width < 1 || width > 32)) {
@@ -312,17 +370,17 @@ static PyObject *hmac_sha256(PyObject *self, PyObject *args) {
         uint8_t padded[64] = {0}, pad[64], digest[32];
         sha256_state inner0, outer0, st;
         if (key.len > 64) {
-            sha256_init(&st);
+            sha256_init(&st, compress);
             sha256_update(&st, (const uint8_t *)key.buf, (size_t)key.len);
             sha256_final(&st, padded);
         } else {
             memcpy(padded, key.buf, (size_t)key.len);
         }
         for (int i = 0; i < 64; i++) pad[i] = padded[i] ^ 0x36;
-        sha256_init(&inner0);
+        sha256_init(&inner0, compress);
         sha256_update(&inner0, pad, 64);
         for (int i = 0; i < 64; i++) pad[i] = padded[i] ^ 0x5c;
-        sha256_init(&outer0);
+        sha256_init(&outer0, compress);
         sha256_update(&outer0, pad, 64);
         for (Py_ssize_t i = 0; i < n; i++) {
             st = inner0;
@@ -578,7 +636,8 @@ static PyMethodDef METHODS[] = {
     {"hash64", hash64, METH_VARARGS,
      "hash64(data, offsets) -> bytes: a 64-bit hash (native-endian) of each data[offsets[i]:offsets[i+1]]."},
     {"hmac_sha256", hmac_sha256, METH_VARARGS,
-     "hmac_sha256(key, prefix, data, offsets, width) -> bytes: HMAC-SHA256(key, prefix + s)[:width] of each range."},
+     "hmac_sha256(key, prefix, data, offsets, width, portable=False) -> bytes: HMAC-SHA256(key, prefix + s)[:width] "
+     "of each range."},
     {"first_appearance", first_appearance, METH_VARARGS,
      "first_appearance(indices, valid, size) -> (indices, used): int32 dictionary indices renumbered by first appearance."},
     {"repeated64", repeated64, METH_VARARGS,

@@ -22,7 +22,9 @@ class Kernels(Protocol):
 
     def first_appearance(self, indices: object, valid: object | None, size: int) -> tuple[bytes, bytes]: ...
 
-    def hmac_sha256(self, key: bytes, prefix: bytes, data: object, offsets: object, width: int) -> bytes: ...
+    def hmac_sha256(
+        self, key: bytes, prefix: bytes, data: object, offsets: object, width: int, portable: bool = False
+    ) -> bytes: ...
 
 
 _KERNELS = ("blake2b_128_joined", "hash64", "repeated64", "hmac_sha256", "first_appearance")

@@ -154,15 +154,17 @@ def test_native_kernels_match_their_python_definitions_at_every_length_around_th
 
 
 def test_hmac_sha256_matches_hmac_for_keys_and_strings_around_the_block_sizes() -> None:
-    """The C HMAC-SHA256 against the hmac module: keys shorter than, equal to and longer than
-    SHA-256's 64-byte block, prefixes, and strings of 0 to 200 bytes (padding edges at 55/56/64)."""
+    """The C HMAC-SHA256 against the hmac module, with the SHA extensions and without: keys
+    shorter than, equal to and longer than SHA-256's 64-byte block, prefixes, and strings of 0
+    to 200 bytes (padding edges at 55/56/64)."""
     native = _native_or_skip()
     strings, data, offsets = _random_strings(4, 200)
     for key in (b"k", b"x" * 64, b"y" * 65, "clé".encode()):
         for prefix in (b"", b"person\x1f", b"p" * 70):
             want = [hmac.new(key, prefix + s, hashlib.sha256).digest() for s in strings]
-            assert native.hmac_sha256(key, prefix, data, offsets, 32) == b"".join(want)
-            assert native.hmac_sha256(key, prefix, data, offsets, 12) == b"".join(w[:12] for w in want)
+            for portable in (False, True):  # the x86 SHA extensions (where the CPU has them), and not
+                assert native.hmac_sha256(key, prefix, data, offsets, 32, portable) == b"".join(want)
+                assert native.hmac_sha256(key, prefix, data, offsets, 12, portable) == b"".join(w[:12] for w in want)
     with pytest.raises(ValueError, match="width"):
         native.hmac_sha256(b"k", b"", data, offsets, 33)
 
