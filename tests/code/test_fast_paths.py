@@ -40,6 +40,7 @@ from pipelines.contract import (
     content_ids,
     first_occurrences,
     flag_bots,
+    numpy_bool,
 )
 from pipelines.identity import Pseudonymiser
 from pipelines.ingest import _repeated
@@ -453,3 +454,22 @@ def test_distinct_days_are_numpy_unique() -> None:
     rng = np.random.default_rng(8)
     for days in (np.zeros(0, dtype=np.int64), np.array([-3, 5, -3]), rng.integers(19000, 19400, 5000)):
         assert _distinct_days(days).tolist() == np.unique(days).tolist()
+
+
+def test_numpy_bool_unpacks_like_arrow_converts() -> None:
+    """Bits unpacked per chunk equal Arrow's value-by-value conversion (null as False), for
+    sliced arrays at any bit offset, several chunks, no chunk, and all-null arrays."""
+    rng = np.random.default_rng(9)
+    for trial in range(200):
+        n = int(rng.integers(0, 70))
+        values = pa.array(rng.random(n) < 0.5, mask=(rng.random(n) < 0.2) if trial % 2 else None)
+        a, b = sorted(int(x) for x in rng.integers(0, n + 1, 2))
+        for column in (
+            values,
+            values.slice(a, b - a),
+            pa.chunked_array([values.slice(0, a), values.slice(a)], pa.bool_()),
+            pa.chunked_array([], pa.bool_()),
+            pa.nulls(n, pa.bool_()),
+        ):
+            want = np.asarray(pc.fill_null(column, False).to_numpy(zero_copy_only=False), dtype=bool)
+            assert numpy_bool(column).tolist() == want.tolist()
