@@ -122,18 +122,67 @@ class Pseudonymiser:
         hashed once, and rows hold an index into the pseudonyms (cheap to group and to move)."""
         if isinstance(platforms, str):
             platforms = pa.scalar(platforms, pa.string())
-        keys = pc.binary_join_element_wise(platforms, user_ids, "\x1f")
-        if isinstance(keys, pa.ChunkedArray):
-            keys = keys.combine_chunks()
-        encoded = pc.dictionary_encode(keys)
+        indices, keys = _encoded_pairs(platforms, user_ids)
         native = kernels()
         if native is not None:  # in C, without the GIL: no need to remember pseudonyms
-            data, offsets = string_buffers(encoded.dictionary)
+            data, offsets = string_buffers(keys)
             digests = native.hmac_sha256(self._key, b"", data, offsets, self._USER_BYTES)
             pseudonyms = prefixed_hex(b"u", digests, self._USER_BYTES)
         else:
-            pseudonyms = self._user_pseudonyms(encoded.dictionary.cast(pa.binary()).to_numpy(zero_copy_only=False))
-        return pa.DictionaryArray.from_arrays(encoded.indices, pseudonyms)
+            pseudonyms = self._user_pseudonyms(keys.cast(pa.binary()).to_numpy(zero_copy_only=False))
+        return pa.DictionaryArray.from_arrays(indices, pseudonyms)
+
+
+_SEPARATOR = "\x1f"
+
+
+def _encoded_pairs(
+    platforms: pa.Scalar | pa.Array | pa.ChunkedArray, user_ids: pa.Array | pa.ChunkedArray
+) -> tuple[pa.Array, pa.Array]:
+    """Each row's ``platform\x1fuser_id`` key dictionary-encoded: int32 indices (null where
+    either part is), numbered by first appearance, and the distinct keys. The keys are joined
+    for the distinct pairs only, not for every row (ingest's batches have a platform per
+    batch or a few), which gives the same as encoding the joined rows (:func:`_encoded_joined`)
+    unless a part holds the separator; then that is what runs."""
+    if isinstance(user_ids, pa.ChunkedArray):
+        user_ids = user_ids.combine_chunks()
+    users = pc.dictionary_encode(user_ids)
+    if _has_separator(users.dictionary):
+        return _encoded_joined(platforms, user_ids)
+    if isinstance(platforms, pa.Scalar):
+        if not platforms.is_valid or _SEPARATOR in platforms.as_py():
+            return _encoded_joined(platforms, user_ids)
+        return users.indices, pc.binary_join_element_wise(platforms, users.dictionary, _SEPARATOR)
+    if isinstance(platforms, pa.ChunkedArray):
+        platforms = platforms.combine_chunks()
+    names = pc.dictionary_encode(platforms)
+    if _has_separator(names.dictionary):
+        return _encoded_joined(platforms, user_ids)
+    width = max(len(names.dictionary), 1)
+    user = pc.fill_null(users.indices, -1).to_numpy().astype(np.int64)
+    platform = pc.fill_null(names.indices, -1).to_numpy().astype(np.int64)
+    missing = (user < 0) | (platform < 0)
+    pairs = pc.dictionary_encode(pa.array(np.where(missing, 0, user * width + platform), mask=missing))
+    distinct = pairs.dictionary.to_numpy()
+    keys = pc.binary_join_element_wise(
+        names.dictionary.take(pa.array(distinct % width)),
+        users.dictionary.take(pa.array(distinct // width)),
+        _SEPARATOR,
+    )
+    return pairs.indices, keys
+
+
+def _encoded_joined(
+    platforms: pa.Scalar | pa.Array | pa.ChunkedArray, user_ids: pa.Array | pa.ChunkedArray
+) -> tuple[pa.Array, pa.Array]:
+    """:func:`_encoded_pairs` by joining every row's key first."""
+    keys = pc.binary_join_element_wise(platforms, user_ids, _SEPARATOR)
+    encoded = pc.dictionary_encode(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys)
+    return encoded.indices, encoded.dictionary
+
+
+def _has_separator(values: pa.Array) -> bool:
+    return bool(pc.any(pc.match_substring(values, _SEPARATOR)).as_py() or False)
 
 
 def resolve_persons(nodes: pd.DataFrame, links: pd.DataFrame, pseudonymiser: Pseudonymiser) -> pd.DataFrame:
