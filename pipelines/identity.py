@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipelines.contract import first_occurrences, prefixed_hex, string_buffers
-from pipelines.native import kernels
+from pipelines.native import Kernels, kernels
 
 PERSON_MAP_COLUMNS = ["platform", "user_id", "person_id"]
 
@@ -76,6 +76,12 @@ class Pseudonymiser:
         outer.update(inner.digest())
         return outer.digest()
 
+    def _native_pseudonyms(self, native: Kernels, prefix: bytes, texts: pa.Array, mark: bytes, width: int) -> pa.Array:
+        """``mark`` and the hex of the first ``width`` bytes of HMAC(key, ``prefix`` + text),
+        for each text, in C."""
+        data, offsets = string_buffers(texts)
+        return prefixed_hex(mark, native.hmac_sha256(self._key, prefix, data, offsets, width), width)
+
     def user(self, platform: str, user_id: str) -> str:
         """Pseudonym of a platform's user id, e.g. ``u3f9c…``."""
         return self._user_pseudonym(f"{platform}\x1f{user_id}".encode())
@@ -93,9 +99,8 @@ class Pseudonymiser:
         representatives = list(representatives)
         native = kernels()
         if native is not None and all(isinstance(r, str) for r in representatives):
-            data, offsets = string_buffers(pa.array(representatives, pa.string()))
-            return prefixed_hex(
-                b"p", native.hmac_sha256(self._key, b"person\x1f", data, offsets, _PERSON_BYTES), _PERSON_BYTES
+            return self._native_pseudonyms(
+                native, b"person\x1f", pa.array(representatives, pa.string()), b"p", _PERSON_BYTES
             )
         digest = self._person_digest
         digests = bytearray()
@@ -122,67 +127,17 @@ class Pseudonymiser:
         hashed once, and rows hold an index into the pseudonyms (cheap to group and to move)."""
         if isinstance(platforms, str):
             platforms = pa.scalar(platforms, pa.string())
-        indices, keys = _encoded_pairs(platforms, user_ids)
+        keys = pc.binary_join_element_wise(platforms, user_ids, "\x1f")
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        encoded = pc.dictionary_encode(keys)
         native = kernels()
         if native is not None:  # in C, without the GIL: no need to remember pseudonyms
-            data, offsets = string_buffers(keys)
-            digests = native.hmac_sha256(self._key, b"", data, offsets, self._USER_BYTES)
-            pseudonyms = prefixed_hex(b"u", digests, self._USER_BYTES)
+            pseudonyms = self._native_pseudonyms(native, b"", encoded.dictionary, b"u", self._USER_BYTES)
         else:
-            pseudonyms = self._user_pseudonyms(keys.cast(pa.binary()).to_numpy(zero_copy_only=False))
-        return pa.DictionaryArray.from_arrays(indices, pseudonyms)
-
-
-_SEPARATOR = "\x1f"
-
-
-def _encoded_pairs(
-    platforms: pa.Scalar | pa.Array | pa.ChunkedArray, user_ids: pa.Array | pa.ChunkedArray
-) -> tuple[pa.Array, pa.Array]:
-    """Each row's ``platform\x1fuser_id`` key dictionary-encoded: int32 indices (null where
-    either part is), numbered by first appearance, and the distinct keys. The keys are joined
-    for the distinct pairs only, not for every row (ingest's batches have a platform per
-    batch or a few), which gives the same as encoding the joined rows (:func:`_encoded_joined`)
-    unless a part holds the separator; then that is what runs."""
-    if isinstance(user_ids, pa.ChunkedArray):
-        user_ids = user_ids.combine_chunks()
-    users = pc.dictionary_encode(user_ids)
-    if _has_separator(users.dictionary):
-        return _encoded_joined(platforms, user_ids)
-    if isinstance(platforms, pa.Scalar):
-        if not platforms.is_valid or _SEPARATOR in platforms.as_py():
-            return _encoded_joined(platforms, user_ids)
-        return users.indices, pc.binary_join_element_wise(platforms, users.dictionary, _SEPARATOR)
-    if isinstance(platforms, pa.ChunkedArray):
-        platforms = platforms.combine_chunks()
-    names = pc.dictionary_encode(platforms)
-    if _has_separator(names.dictionary):
-        return _encoded_joined(platforms, user_ids)
-    width = max(len(names.dictionary), 1)
-    user = pc.fill_null(users.indices, -1).to_numpy().astype(np.int64)
-    platform = pc.fill_null(names.indices, -1).to_numpy().astype(np.int64)
-    missing = (user < 0) | (platform < 0)
-    pairs = pc.dictionary_encode(pa.array(np.where(missing, 0, user * width + platform), mask=missing))
-    distinct = pairs.dictionary.to_numpy()
-    keys = pc.binary_join_element_wise(
-        names.dictionary.take(pa.array(distinct % width)),
-        users.dictionary.take(pa.array(distinct // width)),
-        _SEPARATOR,
-    )
-    return pairs.indices, keys
-
-
-def _encoded_joined(
-    platforms: pa.Scalar | pa.Array | pa.ChunkedArray, user_ids: pa.Array | pa.ChunkedArray
-) -> tuple[pa.Array, pa.Array]:
-    """:func:`_encoded_pairs` by joining every row's key first."""
-    keys = pc.binary_join_element_wise(platforms, user_ids, _SEPARATOR)
-    encoded = pc.dictionary_encode(keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys)
-    return encoded.indices, encoded.dictionary
-
-
-def _has_separator(values: pa.Array) -> bool:
-    return bool(pc.any(pc.match_substring(values, _SEPARATOR)).as_py() or False)
+            distinct = encoded.dictionary.cast(pa.binary()).to_numpy(zero_copy_only=False)
+            pseudonyms = self._user_pseudonyms(distinct)
+        return pa.DictionaryArray.from_arrays(encoded.indices, pseudonyms)
 
 
 def resolve_persons(nodes: pd.DataFrame, links: pd.DataFrame, pseudonymiser: Pseudonymiser) -> pd.DataFrame:

@@ -118,29 +118,3 @@ def test_each_component_is_named_after_its_smallest_user_id() -> None:
     ]
     assert got.tolist() == want
     assert len(set(want)) < len(nodes)  # some components join several nodes
-
-
-def test_user_keys_encoded_by_pairs_as_by_joined_rows() -> None:
-    """Pseudonymised user ids are keyed by ``platform\\x1fuser_id``; encoding the distinct pairs
-    and joining only those gives the indices and keys that joining every row gives, for one
-    platform or one per row, plain or chunked, with nulls, and with ids that hold the separator."""
-    from pipelines.identity import _encoded_joined, _encoded_pairs
-
-    rng = np.random.default_rng(11)
-    for trial in range(200):
-        n = int(rng.integers(0, 50))
-        pool = ["a", "b", "a\x1fb", "é", ""] if trial % 5 == 0 else ["a", "b", "é", "", "x"]
-        users = [None if rng.random() < 0.1 else str(rng.choice(pool)) + str(rng.integers(0, 4)) for _ in range(n)]
-        names = [None if rng.random() < 0.1 else str(rng.choice(["web", "ios", "a"])) for _ in range(n)]
-        user_ids = pa.array(users, pa.string())
-        if trial % 3 == 0:
-            user_ids = pa.chunked_array([user_ids.slice(0, n // 2), user_ids.slice(n // 2)])
-        for platforms in (
-            pa.scalar("web"),
-            pa.scalar("a\x1f"),
-            pa.array(names, pa.string()),
-            pa.chunked_array([pa.array(names, pa.string())]),
-        ):
-            got, want = _encoded_pairs(platforms, user_ids), _encoded_joined(platforms, user_ids)
-            assert got[0].to_pylist() == want[0].to_pylist()
-            assert got[1].to_pylist() == want[1].to_pylist()
