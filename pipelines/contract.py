@@ -301,17 +301,18 @@ def numpy_bool(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
     unpacked at once (Arrow's own conversion goes value by value)."""
     if not pa.types.is_boolean(mask.type):
         return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
-    chunks = mask.chunks if isinstance(mask, pa.ChunkedArray) else [mask]
-    parts = [_bits(chunk.buffers()[1], chunk.offset, len(chunk)) for chunk in chunks if len(chunk)]
-    for part, chunk in zip(parts, (c for c in chunks if len(c)), strict=True):
+    parts = [np.zeros(0, dtype=bool)]
+    for chunk in mask.chunks if isinstance(mask, pa.ChunkedArray) else [mask]:
+        values = _bits(chunk.buffers()[1], chunk.offset, len(chunk))
         if chunk.null_count:
-            part &= _bits(chunk.buffers()[0], chunk.offset, len(chunk))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+            values &= _bits(chunk.buffers()[0], chunk.offset, len(chunk))
+        parts.append(values)
+    return np.concatenate(parts)
 
 
 def _bits(bitmap: pa.Buffer | None, offset: int, n: int) -> np.ndarray:
     """``n`` bits of an Arrow bitmap from bit ``offset``, as a writable numpy bool array."""
-    if bitmap is None:  # no values buffer: all false
+    if bitmap is None or not n:  # no values buffer (or nothing to read): all false
         return np.zeros(n, dtype=bool)
     first, last = offset // 8, (offset + n + 7) // 8
     packed = np.frombuffer(bitmap, dtype=np.uint8, count=last - first, offset=first)

@@ -408,22 +408,21 @@ def _repeated(
 
     Exact, and cheap when repeats are few: only rows whose 64-bit hash (``hashed``, else
     :func:`_string_hashes`; equal strings hash alike) another of them has can repeat a value,
-    and only those are compared as strings, in order. The C kernel finds them in one pass over
-    a hash table; without it (or with ``bits`` given) the hashes are counted in buckets
-    (``2**bits``, default about four per row), three times over different bits of them, and
-    rows that shared a bucket with another every time are compared."""
+    and only those are compared as strings, in order. The C kernel (``repeated64``) finds
+    them; without it (or with ``bits`` given) the hashes are counted in buckets (``2**bits``,
+    default about four per row), three times over different bits of them, and rows that shared
+    a bucket with another every time are compared."""
     out = np.zeros(len(among), dtype=bool)
     hashed = _string_hashes(values) if hashed is None else hashed
     rows = np.flatnonzero(among & numpy_bool(pc.is_valid(values)))
-    native = kernels() if bits is None and hashed is not None else None
-    if native is not None:
+    native = kernels() if bits is None else None
+    if hashed is not None and native is not None:
         rows = rows[np.frombuffer(native.repeated64(hashed, rows), dtype=bool)]
-    for shift in (0, 21, 42) if hashed is not None and native is None else ():  # other bits each pass
-        if len(rows) < 2:
-            return out
-        width = bits if bits is not None else min(22, max(10, len(rows).bit_length() + 2))
-        bucket = ((hashed[rows] >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
-        rows = rows[np.bincount(bucket, minlength=1 << width)[bucket] > 1]
+    elif hashed is not None:
+        for shift in (0, 21, 42):  # each pass looks at other bits of the hash
+            width = bits if bits is not None else min(22, max(10, len(rows).bit_length() + 2))
+            bucket = ((hashed[rows] >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+            rows = rows[np.bincount(bucket, minlength=1 << width)[bucket] > 1]
     if len(rows) < 2:
         return out
     codes, distinct = dictionary_codes(values.take(pa.array(rows)))
