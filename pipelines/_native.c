@@ -353,7 +353,9 @@ static PyObject *hmac_sha256(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*y*n|p", &key, &prefix, &data, &offsets, &width, &portable)) return NULL;
     void (*compress)(uint32_t h[8], const uint8_t block[64]) = sha256_compress;
 #ifdef HAVE_SHA_NI_PATH
-    if (!portable && sha256_ni_usable()) compress = sha256_compress_ni;
+    static int sha_ni = -1; /* asked once (CPUID traps to the hypervisor in a VM); the GIL is held here */
+    if (sha_ni < 0) sha_ni = sha256_ni_usable();
+    if (!portable && sha_ni) compress = sha256_compress_ni;
 #endif
     PyObject *result = NULL;
     Py_ssize_t n = ranges(&data, &offsets);
