@@ -89,20 +89,25 @@ class RankerConfig:
 def lookup_share(names: Sequence[Any], shares: Sequence[Any], wanted: Sequence[Any]) -> NDArray[np.float32]:
     """Per pair: the share that the pair's list (names, shares) gives to ``wanted`` (0 if absent;
     the first entry of a repeated name). Pairs of one person share the same list objects, so
-    each distinct pair of lists becomes one lookup table."""
-    out = np.zeros(len(wanted), dtype=np.float32)
+    each distinct pair of lists becomes one lookup table, and a run of pairs with the same
+    lists (a person's candidates) looks it up again without a search."""
+    out: list[Any] = []
     tables: dict[tuple[int, int], dict[Any, Any]] = {}
-    for i, (n, s, w) in enumerate(zip(names, shares, wanted, strict=True)):
+    last: tuple[Any, Any] = (None, None)
+    table: dict[Any, Any] = {}
+    for n, s, w in zip(names, shares, wanted, strict=True):
         if w is None or n is None or s is None:
+            out.append(0.0)
             continue
-        table = tables.get((id(n), id(s)))
-        if table is None:
-            table = tables[(id(n), id(s))] = {}
-            for name, share in zip(n, s, strict=False):
-                table.setdefault(name, share)
-        if w in table:
-            out[i] = table[w]
-    return out
+        if n is not last[0] or s is not last[1]:
+            last = (n, s)
+            table = tables.get((id(n), id(s)))  # type: ignore[assignment]
+            if table is None:
+                table = tables[(id(n), id(s))] = {}
+                for name, share in zip(n, s, strict=False):
+                    table.setdefault(name, share)
+        out.append(table.get(w, 0.0))
+    return np.array(out, dtype=np.float32).reshape(len(out))
 
 
 def assemble(columns: dict[str, Any]) -> NDArray[np.float32]:
