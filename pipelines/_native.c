@@ -1,6 +1,7 @@
 /*
  * The C kernels of ingest, each over many short byte strings at once (an Arrow-style data
- * buffer and int64 offsets), without a Python call per string and without the GIL:
+ * buffer and int64 offsets), without a Python call per string and without the GIL, and two of
+ * serving:
  *
  * - blake2b_128_joined: for each row of several string columns, what
  *   hashlib.blake2b(s, digest_size=16) gives for s, the row's values joined. Ingest names
@@ -14,6 +15,10 @@
  * - first_appearance: a dictionary column's indices renumbered in order of first appearance
  *   (pipelines.lake._first_appearance: how each event file stores its dictionaries).
  * - repeated64: which of many 64-bit hashes occur more than once (pipelines.ingest._repeated).
+ * - sum_rows and ranks_at (serving, not ingest): a person's item-item scores, the sum of a
+ *   sparse matrix's rows, and the ranks of a few items in a scored row
+ *   (training.recommender._sum_rows and _ranks_at), which in numpy cost more in calls over
+ *   small arrays than in arithmetic.
  * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
  *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
  *   repeated event ids (pipelines.ingest._repeated), where equal strings must hash alike and
@@ -632,6 +637,158 @@ done:
 
 
 
+/* sum_rows(indptr, indices, data, rows, weights, out): out (float32, writable) set to the sum
+ * of a CSR matrix's rows (int64 positions), each times its weight (float32, or None for 1),
+ * added row after row in each row's stored order: what numpy's add.at over the same values
+ * gives (training.recommender._sum_rows), each product rounded to float32 before its sum.
+ * indptr, indices: int32; data: float32. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+static PyObject *sum_rows(PyObject *self, PyObject *args) {
+    Py_buffer indptr, indices, data, rows, weights = {0}, out;
+    PyObject *weights_obj;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*Ow*", &indptr, &indices, &data, &rows, &weights_obj, &out)) return NULL;
+    PyObject *result = NULL;
+    int has_weights = weights_obj != Py_None;
+    if (has_weights && PyObject_GetBuffer(weights_obj, &weights, PyBUF_SIMPLE) < 0) goto release;
+    Py_ssize_t n_rows = indptr.len / 4 - 1, n_rows_wanted = rows.len / 8, n_cols = out.len / 4;
+    Py_ssize_t nnz = indices.len / 4;
+    const int32_t *ptr = (const int32_t *)indptr.buf, *col = (const int32_t *)indices.buf;
+    const float *value = (const float *)data.buf, *w = has_weights ? (const float *)weights.buf : NULL;
+    const int64_t *row = (const int64_t *)rows.buf;
+    float *o = (float *)out.buf;
+    if (indptr.len % 4 || n_rows < 0 || indices.len % 4 || data.len != indices.len || rows.len % 8 || out.len % 4 ||
+        (has_weights && weights.len != 4 * n_rows_wanted) || ptr[n_rows] > nnz) {
+        PyErr_SetString(PyExc_ValueError,
+                        "sum_rows: int32 indptr and indices, float32 data, int64 rows, float32 weights (one per row) "
+                        "or None, float32 out");
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < n_rows_wanted; r++) {
+        if (row[r] < 0 || row[r] >= n_rows || ptr[row[r]] < 0 || ptr[row[r]] > ptr[row[r] + 1]) {
+            PyErr_Format(PyExc_ValueError, "sum_rows: rows[%zd] = %lld is not a row of the matrix", r, (long long)row[r]);
+            goto done;
+        }
+        for (int32_t j = ptr[row[r]]; j < ptr[row[r] + 1]; j++) {
+            if (col[j] < 0 || col[j] >= n_cols) {
+                PyErr_Format(PyExc_ValueError, "sum_rows: column %d is outside out (%zd)", col[j], n_cols);
+                goto done;
+            }
+        }
+    }
+    for (Py_ssize_t c = 0; c < n_cols; c++) o[c] = 0.0f;
+    for (Py_ssize_t r = 0; r < n_rows_wanted; r++) {
+        const float weight = w ? w[r] : 1.0f;
+        for (int32_t j = ptr[row[r]]; j < ptr[row[r] + 1]; j++) {
+            const float v = w ? value[j] * weight : value[j];
+            o[col[j]] += v;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    if (has_weights) PyBuffer_Release(&weights);
+release:
+    PyBuffer_Release(&indptr);
+    PyBuffer_Release(&indices);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static int position_order(const void *a, const void *b) {
+    const int64_t x = ((const int64_t *)a)[0], y = ((const int64_t *)b)[0];
+    return (x > y) - (x < y);
+}
+
+/* ranks_at(row, ordered, at) -> bytes: the rank (int64, 1 = highest) of row[at[i]] among
+ * the row's values: 1 + the values above it + the equal values at lower positions (the order
+ * of a stable sort by descending value; training.recommender._ranks_at). row, ordered: float32
+ * (ordered: the row sorted ascending, without NaN); at: int64 positions. */
+static PyObject *ranks_at(PyObject *self, PyObject *args) {
+    Py_buffer row_buf, ordered_buf, at_buf;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &row_buf, &ordered_buf, &at_buf)) return NULL;
+    PyObject *result = NULL;
+    int64_t *tied = NULL;
+    float *distinct = NULL;
+    Py_ssize_t n = row_buf.len / 4, m = at_buf.len / 8;
+    const float *row = (const float *)row_buf.buf, *sorted = (const float *)ordered_buf.buf;
+    const int64_t *at = (const int64_t *)at_buf.buf;
+    if (row_buf.len % 4 || ordered_buf.len != row_buf.len || at_buf.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "ranks_at: float32 row and ordered of one length, int64 at");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if (at[i] < 0 || at[i] >= n) {
+            PyErr_Format(PyExc_ValueError, "ranks_at: at[%zd] = %lld is outside the row", i, (long long)at[i]);
+            goto done;
+        }
+    }
+    result = PyBytes_FromStringAndSize(NULL, 8 * m);
+    tied = (int64_t *)PyMem_Malloc(sizeof(int64_t) * 2 * (m > 0 ? m : 1));
+    distinct = (float *)PyMem_Malloc(sizeof(float) * (m > 0 ? m : 1));
+    if (result == NULL || tied == NULL || distinct == NULL) {
+        Py_CLEAR(result);
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *rank = (int64_t *)PyBytes_AS_STRING(result);
+    Py_ssize_t n_tied = 0, n_distinct = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const float v = row[at[i]];
+        Py_ssize_t lo = 0, hi = n;  /* the first position whose value is above v */
+        while (lo < hi) {
+            Py_ssize_t mid = lo + (hi - lo) / 2;
+            if (sorted[mid] <= v) lo = mid + 1; else hi = mid;
+        }
+        Py_ssize_t above = lo;
+        lo = 0, hi = above;  /* the first position whose value is v */
+        while (lo < hi) {
+            Py_ssize_t mid = lo + (hi - lo) / 2;
+            if (sorted[mid] < v) lo = mid + 1; else hi = mid;
+        }
+        rank[i] = (int64_t)(n - above + 1);
+        if (above - lo > 1) {  /* equal values elsewhere: those at lower positions rank first */
+            tied[2 * n_tied] = at[i];
+            tied[2 * n_tied + 1] = i;
+            n_tied++;
+            Py_ssize_t d = 0;
+            while (d < n_distinct && distinct[d] != v) d++;
+            if (d == n_distinct) distinct[n_distinct++] = v;
+        }
+    }
+    if (n_tied) {
+        /* One pass over the row up to the last tied position, counting each tied value. */
+        qsort(tied, (size_t)n_tied, 2 * sizeof(int64_t), position_order);
+        int64_t *seen = (int64_t *)PyMem_Calloc((size_t)n_distinct, sizeof(int64_t));
+        if (seen == NULL) {
+            Py_CLEAR(result);
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_ssize_t next = 0;
+        for (Py_ssize_t j = 0; next < n_tied; j++) {
+            const float v = row[j];
+            Py_ssize_t d = 0;
+            while (d < n_distinct && distinct[d] != v) d++;
+            while (next < n_tied && tied[2 * next] == j) {  /* seen[d]: the equal values before j */
+                rank[tied[2 * next + 1]] += seen[d];
+                next++;
+            }
+            if (d < n_distinct) seen[d]++;
+        }
+        PyMem_Free(seen);
+    }
+done:
+    PyMem_Free(tied);
+    PyMem_Free(distinct);
+    PyBuffer_Release(&row_buf);
+    PyBuffer_Release(&ordered_buf);
+    PyBuffer_Release(&at_buf);
+    return result;
+}
+
 static PyMethodDef METHODS[] = {
     {"blake2b_128_joined", blake2b_128_joined, METH_VARARGS,
      "blake2b_128_joined(fields, separator, null) -> bytes: BLAKE2b-128 of each row's fields joined."},
@@ -644,6 +801,11 @@ static PyMethodDef METHODS[] = {
      "first_appearance(indices, valid, size) -> (indices, used): int32 dictionary indices renumbered by first appearance."},
     {"repeated64", repeated64, METH_VARARGS,
      "repeated64(hashes, rows) -> bytes: 1 for each of the rows whose uint64 hash another of them has."},
+    {"sum_rows", sum_rows, METH_VARARGS,
+     "sum_rows(indptr, indices, data, rows, weights, out) -> None: out = the weighted sum of a float32 CSR "
+     "matrix's rows, in stored order."},
+    {"ranks_at", ranks_at, METH_VARARGS,
+     "ranks_at(row, ordered, at) -> bytes: int64 rank (1 = highest, ties by position) of row[at[i]] in a float32 row."},
     {NULL, NULL, 0, NULL},
 };
 

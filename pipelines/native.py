@@ -1,5 +1,6 @@
-"""The optional C kernels of ingest (pipelines/_native.c), for strings held as a data buffer and
-int64 offsets, as Arrow holds them (see :func:`pipelines.contract.string_buffers`).
+"""The optional C kernels (pipelines/_native.c): ingest's, for strings held as a data buffer and
+int64 offsets, as Arrow holds them (see :func:`pipelines.contract.string_buffers`), and two of
+serving's candidate generation (:mod:`training.recommender`).
 
 :func:`kernels` is None when the extension was not built (no C compiler at install) or when
 ``XINTEREST_NATIVE=0``: callers then compute the same values in Python and numpy.
@@ -26,13 +27,30 @@ class Kernels(Protocol):
         self, key: bytes, prefix: bytes, data: object, offsets: object, width: int, portable: bool = False
     ) -> bytes: ...
 
+    def sum_rows(
+        self, indptr: object, indices: object, data: object, rows: object, weights: object | None, out: object
+    ) -> None: ...
 
-_KERNELS = ("blake2b_128_joined", "hash64", "repeated64", "hmac_sha256", "first_appearance")
+    def ranks_at(self, row: object, ordered: object, at: object) -> bytes: ...
+
+
+_KERNELS = ("blake2b_128_joined", "hash64", "repeated64", "hmac_sha256", "first_appearance", "sum_rows", "ranks_at")
+
+
+_loaded: dict[str, Kernels | None] = {}
 
 
 def kernels() -> Kernels | None:
-    """The C module, or None (see the module docstring)."""
-    if os.environ.get("XINTEREST_NATIVE", "1") == "0":
+    """The C module, or None (see the module docstring); looked up once per value of
+    ``XINTEREST_NATIVE`` (serving calls this per person)."""
+    flag = os.environ.get("XINTEREST_NATIVE", "1")
+    if flag not in _loaded:
+        _loaded[flag] = _load(flag)
+    return _loaded[flag]
+
+
+def _load(flag: str) -> Kernels | None:
+    if flag == "0":
         return None
     try:
         from pipelines import _native  # type: ignore[attr-defined]

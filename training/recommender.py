@@ -9,6 +9,7 @@ model's artifacts).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from numpy.typing import NDArray
 
+from pipelines import native
 from training import ranker
 from training.data import Vocab
 from training.metrics import top_k
@@ -57,8 +59,20 @@ def _ranks(scores: NDArray[np.float32]) -> NDArray[np.int64]:
 def _ranks_at(row: NDArray[Any], at: NDArray[np.int64], ordered: NDArray[Any] | None = None) -> NDArray[np.int64]:
     """``_ranks`` of one row, at the positions ``at`` only: 1 + the items with a higher score +
     the items with an equal score and a lower index (a sort and a binary search, no argsort).
-    ``ordered``: the row sorted, when already at hand."""
+    ``ordered``: the row sorted, when already at hand. A float32 row without NaN goes to the C
+    kernel (:mod:`pipelines.native`) where it is built: the same ranks without numpy's per-call
+    costs, which over a few hundred positions are most of the time."""
     ordered = np.sort(row) if ordered is None else ordered
+    c = native.kernels()
+    if (
+        c is not None
+        and row.dtype == np.float32
+        and ordered.dtype == np.float32
+        and len(row)
+        and not np.isnan(ordered[-1])  # NaN sorts last
+    ):
+        at64 = np.ascontiguousarray(at, dtype=np.int64)
+        return np.frombuffer(c.ranks_at(np.ascontiguousarray(row), np.ascontiguousarray(ordered), at64), np.int64)
     values = row[at]
     above = np.searchsorted(ordered, values, side="right")
     ranks = (len(row) - above + 1).astype(np.int64)
@@ -86,7 +100,28 @@ def _sum_rows(
 ) -> NDArray[Any]:
     """``out`` set to the sum of ``m``'s ``rows`` (each times its weight, when given), added
     row after row in each row's stored order (``np.add.at`` adds in turn): what a sparse
-    product with one row of weights computes, without building one."""
+    product with one row of weights computes, without building one. A float32 matrix with
+    int32 indices goes to the C kernel (:mod:`pipelines.native`) where it is built: the same
+    additions in the same order."""
+    c = native.kernels()
+    if (
+        c is not None
+        and m.dtype == np.float32
+        and out.dtype == np.float32
+        and out.flags.c_contiguous
+        and m.indptr.dtype == np.int32
+        and m.indices.dtype == np.int32
+        and (weights is None or weights.dtype == np.float32)
+    ):
+        c.sum_rows(
+            m.indptr,
+            m.indices,
+            m.data,
+            np.ascontiguousarray(rows, dtype=np.int64),
+            None if weights is None else np.ascontiguousarray(weights),
+            out,
+        )
+        return out
     out[:] = 0
     if len(rows):
         starts, lengths = m.indptr[rows], m.indptr[rows + 1] - m.indptr[rows]
@@ -95,6 +130,17 @@ def _sum_rows(
         values = m.data[where] if weights is None else m.data[where] * np.repeat(weights, lengths)
         np.add.at(out, m.indices[where], values)
     return out
+
+
+def _along(values: NDArray[Any], at: NDArray[np.int64]) -> NDArray[Any]:
+    """``np.take_along_axis(values, at, axis=1)`` for 2-D arrays, without its per-call setup."""
+    return values[np.arange(len(at))[:, None], at]  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _recent_weights() -> NDArray[np.float32]:
+    """The weight of the i-th newest event in :meth:`Recommender.recent_scores`."""
+    return (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
 
 
 @dataclass
@@ -271,14 +317,14 @@ class Recommender:
             ii_rank = np.array(rows_i, np.int64).reshape(shape)
         return Candidates(
             items=cands,
-            vae_score=np.take_along_axis(logits, cands, axis=1),
-            item_item=np.take_along_axis(item_item, cands, axis=1),
+            vae_score=_along(logits, cands),
+            item_item=_along(item_item, cands),
             vae_rank=vae_rank,
             item_item_rank=ii_rank,
             mu=mu,
             attention=attention,
             encoded_items=encoded,
-            recent=None if recent is None else np.take_along_axis(recent, cands, axis=1),
+            recent=None if recent is None else _along(recent, cands),
         )
 
     def candidates_each(
@@ -314,7 +360,7 @@ class Recommender:
         lengths = (encoded != PAD).sum(axis=1)
         out = np.zeros((len(encoded), self.vocab.n_items), np.float32)
         acc = self._accumulator()
-        decay = (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
+        decay = _recent_weights()
         for r in range(len(encoded)):
             latest = encoded[r, max(0, lengths[r] - RECENT) : lengths[r]][::-1]  # newest first
             known = np.flatnonzero(latest >= FIRST_ITEM)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from training.recommender import _FEW, Candidates, Recommender
 
@@ -123,3 +124,48 @@ def test_recent_item_item_scores_are_missing_without_time() -> None:
     rec, cands, _ = _recent_case(time_known=False)
     recent, from_last = rec.recent_item_item(cands)
     assert np.isnan(recent).all() and np.isnan(from_last).all()
+
+
+def test_native_item_item_sums_and_ranks_are_the_numpy_definitions_bit_for_bit(monkeypatch: Any) -> None:
+    """The C kernels of the per-person path (pipelines/_native.c: ``sum_rows``, ``ranks_at``)
+    give the numpy definitions' exact bits: sums of sparse rows with and without weights
+    (repeated rows, empty rows, no rows), and ranks with many ties, blocked (-inf) items and
+    repeated positions, which equal the full ranking's."""
+    import scipy.sparse as sp
+
+    from pipelines.native import kernels
+    from tests.conftest import require_or_skip
+    from training.recommender import _ranks, _ranks_at, _sum_rows
+
+    if kernels() is None:
+        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C kernels pipelines/_native.c were not built (no C compiler?)")
+    rng = np.random.default_rng(11)
+    for trial in range(400):
+        n = int(rng.integers(1, 200))
+        m = sp.random(n, n, density=float(rng.uniform(0, 0.3)), random_state=trial, dtype=np.float32).tocsr()
+        rows = rng.integers(0, n, int(rng.integers(0, 30))).astype(np.intp)
+        weights = None if trial % 2 else rng.random(len(rows)).astype(np.float32)
+        if trial % 3 == 0:
+            row = rng.choice(np.array([0, 0, 1.5, -np.inf, 2.25, 3], np.float32), n)  # ties
+        else:
+            row = rng.standard_normal(n).astype(np.float32)
+        at = np.unique(rng.integers(0, n, int(rng.integers(0, n + 1)))) if trial % 4 else rng.integers(0, n, 30)
+        got = {}
+        for native in ("1", "0"):
+            monkeypatch.setenv("XINTEREST_NATIVE", native)
+            sums = _sum_rows(m, rows, weights, np.full(n, 7, np.float32)).copy()  # out is overwritten
+            got[native] = (sums, _ranks_at(row, at))
+        assert kernels() is None  # "0": the numpy definitions above
+        np.testing.assert_array_equal(got["1"][0].view(np.int32), got["0"][0].view(np.int32))
+        np.testing.assert_array_equal(got["1"][1], got["0"][1])
+        np.testing.assert_array_equal(got["1"][1], _ranks(row[None])[0][at])
+    monkeypatch.setenv("XINTEREST_NATIVE", "1")
+    native = kernels()
+    assert native is not None
+    m = sp.identity(3, dtype=np.float32, format="csr")
+    with pytest.raises(ValueError, match="not a row"):
+        native.sum_rows(m.indptr, m.indices, m.data, np.array([3]), None, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="outside out"):
+        native.sum_rows(m.indptr, m.indices, m.data, np.array([2]), None, np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="outside the row"):
+        native.ranks_at(np.zeros(3, np.float32), np.zeros(3, np.float32), np.array([3]))
