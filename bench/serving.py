@@ -27,8 +27,10 @@ Two in-process floors, measured in the same run, without HTTP:
   for the same duration; ``p99_c8_over_floor_c8_p99`` is the service's p99 at
   concurrency 8 over this floor's p99: what HTTP, BentoML and the load process add.
 
-Both floors settle their heap once their engine is loaded, as the service's workers do
-(``serving.loader.settle_heap``: no full garbage collections over the loaded model).
+Both floors settle their heap once their engine is loaded and read every item's statistics
+before the first request, as the service's workers do (``serving.loader.settle_heap``: no full
+garbage collections over the loaded model; ``Engine.refresh_item_stats``: the item-stats cache
+is refreshed off the request path).
 
 The prod profile serves the same registered model with its features in Redis.
 
@@ -114,6 +116,7 @@ def floor_engine(settings: Settings, workdir: Workdir, requests: list[dict[str, 
 
     one_thread_per_request()  # as the service does
     eng = engine(settings, workdir)
+    eng.refresh_item_stats()  # as the service does: requests never read item stats
     for r in requests[:50]:
         eng.recommend(r["person_id"], 20, r["target_platform"])
     settle_heap()  # as the service does once its model is loaded
@@ -153,6 +156,7 @@ def _floor_share(
 
     one_thread_per_request()
     eng = engine(settings, workdir)
+    eng.refresh_item_stats()
     asks = [Ask(r["person_id"], 20, r["target_platform"]) for r in requests]
     for lo in range(0, 50, callers):
         eng.recommend_many(asks[lo : lo + callers])

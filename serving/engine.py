@@ -3,7 +3,8 @@ identity → online features → candidates → re-ranking → response, with co
 
 Everything a request needs comes from the online store (Feast's SQLite or Redis tables) in
 one batched read per view; item statistics are cached for ``item_cache_seconds`` because they
-only change at materialization.
+only change at materialization. The service refreshes that cache off the request path
+(:meth:`Engine.refresh_item_stats`, from its loader thread), so requests never read them.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class Engine:
         self._item_read = np.zeros(recommender.vocab.n_items, dtype=bool)
         self._item_cache_at = 0.0
         self._item_cache_seconds = item_cache_seconds
+        self._refreshed_elsewhere = False  # set by refresh_item_stats
         self._lock = threading.Lock()
 
     # -- identity -------------------------------------------------------------------------
@@ -116,21 +118,50 @@ class Engine:
     def _item_features(self, items: np.ndarray) -> np.ndarray:
         """The re-ranker's item features (items x ``ranker.FEAST_ITEM``, NaN where missing) of
         decoder indices ``items``; the online store's ``item_stats`` rows are read once per
-        ``item_cache_seconds`` (they only change at materialization)."""
+        ``item_cache_seconds`` (they only change at materialization), here when a request needs
+        them, unless :meth:`refresh_item_stats` keeps the cache fresh."""
         now = time.monotonic()
         with self._lock:
-            if now - self._item_cache_at > self._item_cache_seconds:
+            if not self._refreshed_elsewhere and now - self._item_cache_at > self._item_cache_seconds:
                 self._item_read[:] = False
                 self._item_cache_at = now
             missing = np.unique(items[~self._item_read[items]])
         if len(missing):
-            names = self.recommender.vocab.items
-            rows = self.reader.read("item_stats", [{"item_id": names[j]} for j in missing])
-            values = np.array([_numbers(row, ranker.FEAST_ITEM) for row in rows], dtype=np.float32)
-            with self._lock:
-                self._item_stats[missing] = values
-                self._item_read[missing] = True
-        return self._item_stats[items]
+            self._read_item_stats(missing)
+        with self._lock:
+            return self._item_stats[items]
+
+    def _read_item_stats(self, items: np.ndarray) -> None:
+        names = self.recommender.vocab.items
+        rows = self.reader.read("item_stats", [{"item_id": names[j]} for j in items])
+        values = np.array([_numbers(row, ranker.FEAST_ITEM) for row in rows], dtype=np.float32)
+        with self._lock:
+            self._item_stats[items] = values.reshape(len(items), len(ranker.FEAST_ITEM))
+            self._item_read[items] = True
+
+    def refresh_item_stats(self, chunk: int = 64, pause: float = 0.002) -> None:
+        """Read every item's ``item_stats`` row into the cache, ``chunk`` items at a time with
+        a ``pause`` between chunks, and from then on leave the cache's refreshing to the caller
+        (:meth:`item_stats_due` says when): requests stop reading item stats themselves. The
+        service calls this from its loader thread before it serves a model and whenever it is
+        due. Left to requests, the refresh fell on the batches right after the cache expired:
+        they re-read every candidate's row, 2-4x a batch's usual time for the first few (about
+        100 ms of extra work per worker per expiry), a burst in the latency's tail every
+        ``item_cache_seconds``. Here a request running beside it waits for one chunk at most."""
+        started = time.monotonic()
+        with self._lock:
+            self._refreshed_elsewhere = True
+        n = self.recommender.vocab.n_items
+        for lo in range(0, n, chunk):
+            self._read_item_stats(np.arange(lo, min(lo + chunk, n)))
+            if pause:
+                time.sleep(pause)
+        with self._lock:
+            self._item_cache_at = started
+
+    def item_stats_due(self) -> bool:
+        """Whether the item-stats cache is older than ``item_cache_seconds``."""
+        return time.monotonic() - self._item_cache_at > self._item_cache_seconds
 
     def _feast_columns(
         self,

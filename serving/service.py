@@ -252,6 +252,7 @@ class XInterest:
                 champion = str(resolve_version(client, None).version)
                 if self.engine is None or self.engine.model_version != champion:
                     fresh = engine(self.settings, self.workdir, champion)
+                    fresh.refresh_item_stats()  # requests never read item stats (see the method)
                     with self._lock:
                         self.engine = fresh
                     settle_heap()  # no full collections over the loaded model while serving
@@ -261,6 +262,11 @@ class XInterest:
                 client = None  # set up again on the next attempt
                 self.error = f"{type(e).__name__}: {e}"
                 log.warning("model (re)load failed: %s", self.error)
+            try:
+                if self.engine is not None and self.engine.item_stats_due():
+                    self.engine.refresh_item_stats()
+            except Exception as e:  # the cached values stay; the next poll tries again
+                log.warning("refreshing the item statistics failed: %s", e)
             self._first_attempt.set()
             time.sleep(self.poll_seconds)
 

@@ -70,3 +70,37 @@ def test_the_vae_encodes_a_person_beside_others_exactly_as_alone(trained: tuple)
             for r, row in enumerate(rows[:size]):
                 for part, whole in zip(rec.encode([row]), together, strict=True):
                     np.testing.assert_array_equal(part[0], whole[r])
+
+
+def test_item_stats_refreshed_off_the_request_path_give_the_same_answers(trained: tuple) -> None:
+    """After ``refresh_item_stats`` the cache holds every item's ``item_stats`` row as the
+    online store has it, requests read no item stats even once the cache is due (the service's
+    loader thread refreshes it), and the answers are those of an engine that reads them per
+    request."""
+    from serving.loader import engine
+    from training import ranker
+
+    settings, workdir, _, _ = trained
+    on_request, refreshed = engine(settings, workdir), engine(settings, workdir)
+    refreshed.refresh_item_stats(chunk=7, pause=0.0)
+    assert not refreshed.item_stats_due()
+    names = refreshed.recommender.vocab.items
+    rows = refreshed.reader.read("item_stats", [{"item_id": i} for i in names])
+    want = np.array(
+        [[np.nan if (r or {}).get(f) is None else r[f] for f in ranker.FEAST_ITEM] for r in rows], np.float32
+    )
+    np.testing.assert_array_equal(refreshed._item_features(np.arange(len(names))), want)
+
+    reads: list[str] = []
+    read = refreshed.reader.read
+    refreshed.reader.read = lambda view, keys, now=None: reads.append(view) or read(view, keys, now)  # type: ignore[method-assign]
+    refreshed._item_cache_seconds = 0.0  # due at once: a request must still not read item stats
+    asks = _asks(workdir.feature_data / "person_sequence.parquet", sorted(refreshed.platforms))
+    assert refreshed.item_stats_due()
+    got = refreshed.recommend_many(asks)
+    assert "item_stats" not in reads and "person_activity" in reads
+    for a, b in zip(on_request.recommend_many(asks), got, strict=True):
+        if isinstance(a, Exception):
+            assert type(a) is type(b) and str(a) == str(b)
+        else:
+            assert a == b
