@@ -666,7 +666,7 @@ static PyObject *sum_rows(PyObject *self, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t r = 0; r < n_rows_wanted; r++) {
-        if (row[r] < 0 || row[r] >= n_rows || ptr[row[r]] < 0 || ptr[row[r]] > ptr[row[r] + 1]) {
+        if (row[r] < 0 || row[r] >= n_rows || ptr[row[r]] < 0 || ptr[row[r]] > ptr[row[r] + 1] || ptr[row[r] + 1] > nnz) {
             PyErr_Format(PyExc_ValueError, "sum_rows: rows[%zd] = %lld is not a row of the matrix", r, (long long)row[r]);
             goto done;
         }
@@ -702,7 +702,7 @@ static int position_order(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* ranks_at(row, ordered, at) -> bytes: the rank (int64, 1 = highest) of row[at[i]] among
+/* ranks_at(row, ordered, at) -> bytearray: the rank (int64, 1 = highest) of row[at[i]] among
  * the row's values: 1 + the values above it + the equal values at lower positions (the order
  * of a stable sort by descending value; training.recommender._ranks_at). row, ordered: float32
  * (ordered: the row sorted ascending, without NaN); at: int64 positions. */
@@ -725,7 +725,7 @@ static PyObject *ranks_at(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    result = PyBytes_FromStringAndSize(NULL, 8 * m);
+    result = PyByteArray_FromStringAndSize(NULL, 8 * m);  /* writable, as numpy's ranks are */
     tied = (int64_t *)PyMem_Malloc(sizeof(int64_t) * 2 * (m > 0 ? m : 1));
     distinct = (float *)PyMem_Malloc(sizeof(float) * (m > 0 ? m : 1));
     if (result == NULL || tied == NULL || distinct == NULL) {
@@ -733,7 +733,7 @@ static PyObject *ranks_at(PyObject *self, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
-    int64_t *rank = (int64_t *)PyBytes_AS_STRING(result);
+    int64_t *rank = (int64_t *)PyByteArray_AS_STRING(result);
     Py_ssize_t n_tied = 0, n_distinct = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
         const float v = row[at[i]];
@@ -805,7 +805,7 @@ static PyMethodDef METHODS[] = {
      "sum_rows(indptr, indices, data, rows, weights, out) -> None: out = the weighted sum of a float32 CSR "
      "matrix's rows, in stored order."},
     {"ranks_at", ranks_at, METH_VARARGS,
-     "ranks_at(row, ordered, at) -> bytes: int64 rank (1 = highest, ties by position) of row[at[i]] in a float32 row."},
+     "ranks_at(row, ordered, at) -> bytearray: int64 rank (1 = highest, ties by position) of row[at[i]] in a float32 row."},
     {NULL, NULL, 0, NULL},
 };
 

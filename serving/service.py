@@ -252,7 +252,9 @@ class XInterest:
                 champion = str(resolve_version(client, None).version)
                 if self.engine is None or self.engine.model_version != champion:
                     fresh = engine(self.settings, self.workdir, champion)
-                    fresh.refresh_item_stats()  # requests never read item stats (see the method)
+                    # Requests never read item stats (see the method); no pauses while no
+                    # model is served yet.
+                    fresh.refresh_item_stats(pause=0.0 if self.engine is None else 0.002)
                     with self._lock:
                         self.engine = fresh
                     settle_heap()  # no full collections over the loaded model while serving

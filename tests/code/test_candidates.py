@@ -158,6 +158,7 @@ def test_native_item_item_sums_and_ranks_are_the_numpy_definitions_bit_for_bit(m
         assert kernels() is None  # "0": the numpy definitions above
         np.testing.assert_array_equal(got["1"][0].view(np.int32), got["0"][0].view(np.int32))
         np.testing.assert_array_equal(got["1"][1], got["0"][1])
+        assert got["1"][1].flags.writeable  # as numpy's ranks are
         np.testing.assert_array_equal(got["1"][1], _ranks(row[None])[0][at])
     monkeypatch.setenv("XINTEREST_NATIVE", "1")
     native = kernels()
