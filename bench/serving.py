@@ -116,7 +116,7 @@ def floor_engine(settings: Settings, workdir: Workdir, requests: list[dict[str, 
 
     one_thread_per_request()  # as the service does
     eng = engine(settings, workdir)
-    eng.refresh_item_stats()  # as the service does: requests never read item stats
+    eng.refresh_item_stats(pause=0.0)  # as the service does: requests never read item stats
     for r in requests[:50]:
         eng.recommend(r["person_id"], 20, r["target_platform"])
     settle_heap()  # as the service does once its model is loaded
@@ -156,7 +156,7 @@ def _floor_share(
 
     one_thread_per_request()
     eng = engine(settings, workdir)
-    eng.refresh_item_stats()
+    eng.refresh_item_stats(pause=0.0)  # nothing runs beside it yet
     asks = [Ask(r["person_id"], 20, r["target_platform"]) for r in requests]
     for lo in range(0, 50, callers):
         eng.recommend_many(asks[lo : lo + callers])

@@ -25,6 +25,7 @@ from training.recommender import Recommender
 
 log = logging.getLogger(__name__)
 VIEWS = ("person_sequence", "person_profile", "person_activity", "item_stats", "user_identity", "person_embedding")
+ITEM_REFRESH_PAUSE = 0.002  # seconds between refresh_item_stats's chunks while requests run beside it
 PERSON_COLUMNS = ("top_categories", "category_affinity", "platform_names", "platform_shares")
 
 
@@ -139,7 +140,7 @@ class Engine:
             self._item_stats[items] = values.reshape(len(items), len(ranker.FEAST_ITEM))
             self._item_read[items] = True
 
-    def refresh_item_stats(self, chunk: int = 64, pause: float = 0.002) -> None:
+    def refresh_item_stats(self, chunk: int = 64, pause: float = ITEM_REFRESH_PAUSE) -> None:
         """Read every item's ``item_stats`` row into the cache, ``chunk`` items at a time with
         a ``pause`` between chunks, and from then on leave the cache's refreshing to the caller
         (:meth:`item_stats_due` says when): requests stop reading item stats themselves. The
@@ -147,7 +148,8 @@ class Engine:
         due. Left to requests, the refresh fell on the batches right after the cache expired:
         they re-read every candidate's row, 2-4x a batch's usual time for the first few (about
         100 ms of extra work per worker per expiry), a burst in the latency's tail every
-        ``item_cache_seconds``. Here a request running beside it waits for one chunk at most."""
+        ``item_cache_seconds``. Here a request running beside it competes for the GIL with one
+        chunk at a time."""
         started = time.monotonic()
         with self._lock:
             self._refreshed_elsewhere = True

@@ -235,6 +235,7 @@ class XInterest:
         self._first_attempt.wait(float(os.environ.get("XINTEREST_STARTUP_WAIT_SECONDS", "120")))
 
     def _load_and_follow(self) -> None:
+        from serving.engine import ITEM_REFRESH_PAUSE
         from serving.loader import engine, one_thread_per_request, resolve_version, settle_heap
         from training import tracking
 
@@ -242,8 +243,9 @@ class XInterest:
         client = None
         while True:
             try:
-                # Set up once, not per poll: that cost ~6 ms of Python holding the GIL, a stall
-                # of the batch running beside it every poll (the alias lookup costs ~4 ms).
+                # Set up once, not per poll: setting up took ~6 ms, mostly Python competing for
+                # the GIL with the batch running beside it, every poll (measured once; the
+                # alias lookup itself took ~4 ms).
                 if client is None:
                     tracking.setup(self.settings, self.workdir)
                     from mlflow import MlflowClient
@@ -254,7 +256,7 @@ class XInterest:
                     fresh = engine(self.settings, self.workdir, champion)
                     # Requests never read item stats (see the method); no pauses while no
                     # model is served yet.
-                    fresh.refresh_item_stats(pause=0.0 if self.engine is None else 0.002)
+                    fresh.refresh_item_stats(pause=0.0 if self.engine is None else ITEM_REFRESH_PAUSE)
                     with self._lock:
                         self.engine = fresh
                     settle_heap()  # no full collections over the loaded model while serving

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import REPO_ROOT, Settings, Workdir
+from pipelines.native import Kernels, kernels
 from pipelines.synthetic import SyntheticConfig, generate
 
 TEST_KEY = "test-pseudonym-key"
@@ -20,6 +21,16 @@ def require_or_skip(env: str, reason: str) -> None:
     if os.environ.get(env) == "1":
         pytest.fail(f"{reason} (required here: {env}=1)")
     pytest.skip(reason)
+
+
+def native_or_skip() -> Kernels:
+    """The C kernels (pipelines/_native.c); the test is skipped without them (fails where they
+    are required, as in CI)."""
+    native = kernels()
+    if native is None:
+        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C kernels pipelines/_native.c were not built (no C compiler?)")
+    assert native is not None
+    return native
 
 
 @pytest.fixture(scope="session")

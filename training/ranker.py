@@ -100,12 +100,12 @@ def lookup_share(names: Sequence[Any], shares: Sequence[Any], wanted: Sequence[A
             out.append(0.0)
             continue
         if n is not last[0] or s is not last[1]:
-            last = (n, s)
-            table = tables.get((id(n), id(s)))  # type: ignore[assignment]
-            if table is None:
-                table = tables[(id(n), id(s))] = {}
+            last, key = (n, s), (id(n), id(s))
+            if key not in tables:
+                tables[key] = {}
                 for name, share in zip(n, s, strict=False):
-                    table.setdefault(name, share)
+                    tables[key].setdefault(name, share)
+            table = tables[key]
         out.append(table.get(w, 0.0))
     return np.array(out, dtype=np.float32).reshape(len(out))
 

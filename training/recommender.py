@@ -71,8 +71,8 @@ def _ranks_at(row: NDArray[Any], at: NDArray[np.int64], ordered: NDArray[Any] | 
         and len(row)
         and not np.isnan(ordered[-1])  # NaN sorts last
     ):
-        at64 = np.ascontiguousarray(at, dtype=np.int64)
-        return np.frombuffer(c.ranks_at(np.ascontiguousarray(row), np.ascontiguousarray(ordered), at64), np.int64)
+        ranks = c.ranks_at(np.ascontiguousarray(row), np.ascontiguousarray(ordered), np.ascontiguousarray(at, np.int64))
+        return np.frombuffer(ranks, np.int64)
     values = row[at]
     above = np.searchsorted(ordered, values, side="right")
     ranks = (len(row) - above + 1).astype(np.int64)
@@ -139,8 +139,10 @@ def _along(values: NDArray[Any], at: NDArray[np.int64]) -> NDArray[Any]:
 
 @functools.cache
 def _recent_weights() -> NDArray[np.float32]:
-    """The weight of the i-th newest event in :meth:`Recommender.recent_scores`."""
-    return (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
+    """The weight of the i-th newest event in :meth:`Recommender.recent_scores` (shared: read-only)."""
+    weights = (RECENT_DECAY ** np.arange(RECENT)).astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 @dataclass

@@ -134,11 +134,10 @@ def test_native_item_item_sums_and_ranks_are_the_numpy_definitions_bit_for_bit(m
     import scipy.sparse as sp
 
     from pipelines.native import kernels
-    from tests.conftest import require_or_skip
+    from tests.conftest import native_or_skip
     from training.recommender import _ranks, _ranks_at, _sum_rows
 
-    if kernels() is None:
-        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C kernels pipelines/_native.c were not built (no C compiler?)")
+    kernel = native_or_skip()
     rng = np.random.default_rng(11)
     for trial in range(400):
         n = int(rng.integers(1, 200))
@@ -160,13 +159,10 @@ def test_native_item_item_sums_and_ranks_are_the_numpy_definitions_bit_for_bit(m
         np.testing.assert_array_equal(got["1"][1], got["0"][1])
         assert got["1"][1].flags.writeable  # as numpy's ranks are
         np.testing.assert_array_equal(got["1"][1], _ranks(row[None])[0][at])
-    monkeypatch.setenv("XINTEREST_NATIVE", "1")
-    native = kernels()
-    assert native is not None
     m = sp.identity(3, dtype=np.float32, format="csr")
     with pytest.raises(ValueError, match="not a row"):
-        native.sum_rows(m.indptr, m.indices, m.data, np.array([3]), None, np.zeros(3, np.float32))
+        kernel.sum_rows(m.indptr, m.indices, m.data, np.array([3]), None, np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="outside out"):
-        native.sum_rows(m.indptr, m.indices, m.data, np.array([2]), None, np.zeros(2, np.float32))
+        kernel.sum_rows(m.indptr, m.indices, m.data, np.array([2]), None, np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="outside the row"):
-        native.ranks_at(np.zeros(3, np.float32), np.zeros(3, np.float32), np.array([3]))
+        kernel.ranks_at(np.zeros(3, np.float32), np.zeros(3, np.float32), np.array([3]))

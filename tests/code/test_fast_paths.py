@@ -45,8 +45,7 @@ from pipelines.contract import (
 from pipelines.identity import Pseudonymiser
 from pipelines.ingest import _repeated
 from pipelines.lake import Lake
-from pipelines.native import Kernels, kernels
-from tests.conftest import require_or_skip
+from tests.conftest import native_or_skip
 
 
 def _same_times(arrow: pa.Array, pandas: pd.Series) -> bool:
@@ -104,15 +103,6 @@ def _hash64(data: bytes) -> int:
     return h ^ (h >> 33)
 
 
-def _native_or_skip() -> Kernels:
-    """The C kernels; the test is skipped without them (fails where they are required, as in CI)."""
-    native = kernels()
-    if native is None:
-        require_or_skip("XINTEREST_REQUIRE_NATIVE", "the C kernels pipelines/_native.c were not built (no C compiler?)")
-    assert native is not None
-    return native
-
-
 def _random_strings(seed: int, longest: int) -> tuple[list[bytes], bytes, np.ndarray]:
     """Random byte strings of every length from 0 to ``longest``, joined, with int64 offsets."""
     rng = np.random.default_rng(seed)
@@ -125,7 +115,7 @@ def test_native_kernels_match_their_python_definitions_at_every_length_around_th
     """pipelines/_native.c against hashlib's BLAKE2b and the Python hash64, on strings of 0 to
     400 bytes (one, two and three 128-byte blocks, and their edges) and on sliced Arrow arrays
     with nulls; the extension must be built where CI runs."""
-    native = _native_or_skip()
+    native = native_or_skip()
     strings, data, offsets = _random_strings(0, 400)
     one_field = native.blake2b_128_joined([(data, offsets, None)], b"\x1f", b"\x00")
     assert one_field == b"".join(hashlib.blake2b(s, digest_size=16).digest() for s in strings)
@@ -158,7 +148,7 @@ def test_hmac_sha256_matches_hmac_for_keys_and_strings_around_the_block_sizes() 
     """The C HMAC-SHA256 against the hmac module, with the SHA extensions and without: keys
     shorter than, equal to and longer than SHA-256's 64-byte block, prefixes, and strings of 0
     to 200 bytes (padding edges at 55/56/64)."""
-    native = _native_or_skip()
+    native = native_or_skip()
     strings, data, offsets = _random_strings(4, 200)
     for key in (b"k", b"x" * 64, b"y" * 65, "clé".encode()):
         for prefix in (b"", b"person\x1f", b"p" * 70):
@@ -214,7 +204,7 @@ def test_repeated_finds_the_same_rows_with_and_without_the_c_kernels(monkeypatch
 
 
 def test_repeated64_marks_every_row_whose_hash_another_chosen_row_has() -> None:
-    native = _native_or_skip()
+    native = native_or_skip()
     rng = np.random.default_rng(2)
     for n, distinct in ((0, 1), (1, 1), (5000, 50), (5000, 10**12), (40000, 30000)):
         hashes = rng.integers(0, distinct, n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
@@ -443,7 +433,7 @@ def test_first_appearance_renumbers_alike_with_and_without_the_c_kernels(monkeyp
         assert got.dictionary.equals(want.dictionary)
         assert got.indices.equals(want.indices)
     monkeypatch.setenv("XINTEREST_NATIVE", "1")
-    kernel = _native_or_skip()
+    kernel = native_or_skip()
     with pytest.raises(ValueError, match="not an entry"):
         kernel.first_appearance(np.array([0, 5], dtype=np.int32), None, 5)
 

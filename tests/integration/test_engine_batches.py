@@ -77,6 +77,7 @@ def test_item_stats_refreshed_off_the_request_path_give_the_same_answers(trained
     online store has it, requests read no item stats even once the cache is due (the service's
     loader thread refreshes it), and the answers are those of an engine that reads them per
     request."""
+    from serving.engine import _numbers
     from serving.loader import engine
     from training import ranker
 
@@ -86,9 +87,7 @@ def test_item_stats_refreshed_off_the_request_path_give_the_same_answers(trained
     assert not refreshed.item_stats_due()
     names = refreshed.recommender.vocab.items
     rows = refreshed.reader.read("item_stats", [{"item_id": i} for i in names])
-    want = np.array(
-        [[np.nan if (r or {}).get(f) is None else r[f] for f in ranker.FEAST_ITEM] for r in rows], np.float32
-    )
+    want = np.array([_numbers(r, ranker.FEAST_ITEM) for r in rows], np.float32)
     np.testing.assert_array_equal(refreshed._item_features(np.arange(len(names))), want)
 
     reads: list[str] = []
