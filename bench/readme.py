@@ -37,6 +37,11 @@ def ingest(r: dict[str, Any]) -> list[str]:
         f"| pyarrow read + parquet write (floor) | {r['floor_seconds']:.2f} | {r['floor_events_per_second']:,} | 1.00 |",
         f"| xinterest ingest | {r['ingest_seconds']:.2f} | {r['ingest_events_per_second']:,} | {r['ratio_ingest_to_floor']:.2f} |",
         "",
+        *(
+            [f"Each ingest over the floor run just before it: {', '.join(f'{x:.2f}x' for x in r['pair_ratios'])}.", ""]
+            if r.get("pair_ratios")
+            else []
+        ),
         f"Target: within {r['target_ratio']:.0f}x of the floor.",
     ]
 
@@ -173,10 +178,12 @@ def serving(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _row(name: str, target: str, now: str, met: bool, every_seed: bool = True) -> str:
+def _row(name: str, target: str, now: str, met: bool, every_seed: bool = True, caveat: str = "") -> str:
     """One target row; ``every_seed`` False marks a target the shipped re-ranker meets but
-    another of its seeds does not."""
+    another of its seeds does not; ``caveat`` qualifies any other "yes"."""
     verdict = ("yes" if every_seed else "yes, not with every re-ranker seed") if met else "no"
+    if met and caveat:
+        verdict = f"yes, {caveat}"
     return f"| {name} | {target} | {now} | {verdict} |"
 
 
@@ -187,8 +194,18 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
         r = results["ingest"]
         # judged on the seconds, not on the ratio as rounded in the file (3.001 is not within 3x)
         ratio = r["ingest_seconds"] / r["floor_seconds"]
+        pairs = r.get("pair_ratios") or []
+        now = f"{ratio:.3f}x" + (f" (single pairs {min(pairs):.2f}x to {max(pairs):.2f}x)" if pairs else "")
+        over = sum(p > r["target_ratio"] for p in pairs)
+        caveat = f"not in {over} of {len(pairs)} single pairs" if over else ""
         lines.append(
-            _row("ingest", f"within {r['target_ratio']:.0f}x of the floor", f"{ratio:.3f}x", ratio <= r["target_ratio"])
+            _row(
+                "ingest",
+                f"within {r['target_ratio']:.0f}x of the floor",
+                now,
+                ratio <= r["target_ratio"],
+                caveat=caveat,
+            )
         )
     if "features" in results:
         for profile, p in results["features"]["profiles"].items():
