@@ -13,7 +13,8 @@
  *   length: the keyed pseudonyms of users and persons (pipelines.identity.Pseudonymiser),
  *   SHA-256 as FIPS 180-4 defines it, with the x86 SHA extensions where the CPU has them.
  * - first_appearance: a dictionary column's indices renumbered in order of first appearance
- *   (pipelines.lake._first_appearance: how each event file stores its dictionaries).
+ *   (pipelines.lake._first_appearance: how each event file stores its dictionaries), for one
+ *   date or, with run starts, for every date of an ingest in one pass (pipelines.lake.stored_slices).
  * - repeated64: which of many 64-bit hashes occur more than once (pipelines.ingest._repeated).
  * - sum_rows and ranks_at (serving, not ingest): a person's item-item scores, the sum of a
  *   sparse matrix's rows, and the ranks of a few items in a scored row
@@ -408,28 +409,47 @@ static PyObject *hmac_sha256(PyObject *self, PyObject *args) {
     return result;
 }
 
-/* first_appearance(indices, valid, size) -> (indices, used): a dictionary column renumbered by
- * first appearance. indices: int32 entries of a dictionary of size entries; valid: a byte per
- * row (0: null) or None. Returns the rows' new indices (int32; -1 where null) and the old
- * entries in the order they first occur (int32). */
+/* first_appearance(indices, valid, size[, starts]) -> (indices, used[, ends]): a dictionary
+ * column renumbered by first appearance. indices: int32 entries of a dictionary of size
+ * entries; valid: a byte per row (0: null) or None. Returns the rows' new indices (int32; -1
+ * where null) and the old entries in the order they first occur (int32). With starts (int64,
+ * ascending, the first 0), each run of rows from one start to the next is renumbered on its
+ * own, as if alone (each event file's dictionary), and ends (int64) gives where each run's
+ * entries end in used. */
 static PyObject *first_appearance(PyObject *self, PyObject *args) {
-    Py_buffer indices, valid = {0};
-    PyObject *valid_obj;
+    Py_buffer indices, valid = {0}, starts = {0};
+    PyObject *valid_obj, *starts_obj = Py_None;
     Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "y*On", &indices, &valid_obj, &size)) return NULL;
-    PyObject *renumbered = NULL, *used = NULL, *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*On|O", &indices, &valid_obj, &size, &starts_obj)) return NULL;
+    PyObject *renumbered = NULL, *used = NULL, *ends = NULL, *result = NULL;
     int32_t *slot = NULL;
-    int has_valid = valid_obj != Py_None;
+    int has_valid = valid_obj != Py_None, has_starts = starts_obj != Py_None;
     if (has_valid && PyObject_GetBuffer(valid_obj, &valid, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&indices);
+        return NULL;
+    }
+    if (has_starts && PyObject_GetBuffer(starts_obj, &starts, PyBUF_SIMPLE) < 0) {
+        if (has_valid) PyBuffer_Release(&valid);
         PyBuffer_Release(&indices);
         return NULL;
     }
     Py_ssize_t n = indices.len / 4;
     const int32_t *in = (const int32_t *)indices.buf;
     const uint8_t *ok = has_valid ? (const uint8_t *)valid.buf : NULL;
-    if (indices.len % 4 != 0 || size < 0 || size >= INT32_MAX || (has_valid && valid.len != n)) {
-        PyErr_SetString(PyExc_ValueError, "indices: int32 values; valid: a byte per index; size: the dictionary's length");
+    Py_ssize_t runs = has_starts ? starts.len / 8 : 1;
+    const int64_t *start = has_starts ? (const int64_t *)starts.buf : NULL;
+    if (indices.len % 4 != 0 || size < 0 || size >= INT32_MAX || (has_valid && valid.len != n) ||
+        (has_starts && (starts.len % 8 != 0 || runs < 1))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "indices: int32 values; valid: a byte per index; size: the dictionary's length; "
+                        "starts: int64 run starts");
         goto done;
+    }
+    for (Py_ssize_t r = 0; has_starts && r < runs; r++) {
+        if ((r == 0 && start[r] != 0) || (r > 0 && start[r] < start[r - 1]) || start[r] > n) {
+            PyErr_SetString(PyExc_ValueError, "starts: ascending row positions from 0 to at most the rows");
+            goto done;
+        }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         if ((!ok || ok[i]) && (in[i] < 0 || in[i] >= size)) {
@@ -439,33 +459,47 @@ static PyObject *first_appearance(PyObject *self, PyObject *args) {
     }
     slot = (int32_t *)PyMem_RawMalloc((size_t)(size > 0 ? size : 1) * sizeof(int32_t));
     renumbered = PyBytes_FromStringAndSize(NULL, 4 * n);
-    used = PyBytes_FromStringAndSize(NULL, 4 * (n < size ? n : size));
-    if (slot == NULL || renumbered == NULL || used == NULL) {
+    /* each run holds each entry at most once: no more entries than rows, nor than size per run */
+    Py_ssize_t room = has_starts ? n : (n < size ? n : size);
+    used = PyBytes_FromStringAndSize(NULL, 4 * room);
+    ends = has_starts ? PyBytes_FromStringAndSize(NULL, 8 * runs) : NULL;
+    if (slot == NULL || renumbered == NULL || used == NULL || (has_starts && ends == NULL)) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
         goto done;
     }
     int32_t *out = (int32_t *)PyBytes_AS_STRING(renumbered), *first = (int32_t *)PyBytes_AS_STRING(used);
+    int64_t *end = has_starts ? (int64_t *)PyBytes_AS_STRING(ends) : NULL;
     Py_ssize_t k = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t e = 0; e < size; e++) slot[e] = -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (ok && !ok[i]) {
-            out[i] = -1;
-            continue;
+    for (Py_ssize_t r = 0; r < runs; r++) {
+        Py_ssize_t lo = has_starts ? (Py_ssize_t)start[r] : 0;
+        Py_ssize_t hi = has_starts && r + 1 < runs ? (Py_ssize_t)start[r + 1] : n;
+        Py_ssize_t base = k; /* this run's entries are first[base..k) */
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            if (ok && !ok[i]) {
+                out[i] = -1;
+                continue;
+            }
+            int32_t e = in[i];
+            if (slot[e] < 0) {
+                slot[e] = (int32_t)(k - base);
+                first[k++] = e;
+            }
+            out[i] = slot[e];
         }
-        int32_t e = in[i];
-        if (slot[e] < 0) {
-            slot[e] = (int32_t)k;
-            first[k++] = e;
-        }
-        out[i] = slot[e];
+        for (Py_ssize_t j = base; j < k; j++) slot[first[j]] = -1; /* the next run starts afresh */
+        if (end) end[r] = (int64_t)k;
     }
     Py_END_ALLOW_THREADS
-    if (_PyBytes_Resize(&used, 4 * k) == 0) result = PyTuple_Pack(2, renumbered, used);
+    if (_PyBytes_Resize(&used, 4 * k) == 0)
+        result = has_starts ? PyTuple_Pack(3, renumbered, used, ends) : PyTuple_Pack(2, renumbered, used);
 done:
     Py_XDECREF(renumbered);
     Py_XDECREF(used);
+    Py_XDECREF(ends);
     PyMem_RawFree(slot);
+    if (has_starts) PyBuffer_Release(&starts);
     if (has_valid) PyBuffer_Release(&valid);
     PyBuffer_Release(&indices);
     return result;
@@ -798,7 +832,8 @@ static PyMethodDef METHODS[] = {
      "hmac_sha256(key, prefix, data, offsets, width, portable=False) -> bytes: HMAC-SHA256(key, prefix + s)[:width] "
      "of each range."},
     {"first_appearance", first_appearance, METH_VARARGS,
-     "first_appearance(indices, valid, size) -> (indices, used): int32 dictionary indices renumbered by first appearance."},
+     "first_appearance(indices, valid, size[, starts]) -> (indices, used[, ends]): int32 dictionary indices "
+     "renumbered by first appearance (each run from a start on its own)."},
     {"repeated64", repeated64, METH_VARARGS,
      "repeated64(hashes, rows) -> bytes: 1 for each of the rows whose uint64 hash another of them has."},
     {"sum_rows", sum_rows, METH_VARARGS,

@@ -52,7 +52,7 @@ from pipelines.contract import (
     string_buffers,
 )
 from pipelines.identity import Pseudonymiser, resolve_persons_indexed
-from pipelines.lake import DICTIONARY_COLUMNS, Lake
+from pipelines.lake import DICTIONARY_COLUMNS, Lake, Stored, stored_slices
 from pipelines.native import kernels
 from pipelines.synthetic import SyntheticConfig, generate
 
@@ -656,20 +656,28 @@ def _time_order(order: np.ndarray, us: np.ndarray, event_id: pa.ChunkedArray) ->
 
 def _fresh_partitions(
     table: pa.Table, days: np.ndarray, kept: np.ndarray, person_row: np.ndarray, person_ids: pa.Array
-) -> dict[str, Callable[[], pa.Table]]:
+) -> dict[str, Callable[[], pa.Table] | Stored]:
     """The new events of each date, built when the commit's writers ask for them: ``table``
     holds rows in the lake's order (``days`` their day numbers), of which those in ``kept`` are
-    stored, with the person id at ``person_row`` in ``person_ids`` (dictionary-encoded:
-    :meth:`Lake.commit` casts to the contract). Dates without a kept row are left out."""
+    stored, with the person id at ``person_row`` in ``person_ids``. Each date comes already as
+    stored (:func:`stored_slices`) where it can, else as it is, for the commit to order. Dates
+    without a kept row are left out."""
     if not len(days):
         return {}
     starts = np.concatenate([[0], np.flatnonzero(np.diff(days)) + 1])
     ends = np.append(starts[1:], len(days))
     names = _date_names(days[starts])
     counts = np.add.reduceat(kept, starts)
+    # Rows not kept have no person (-1): any entry does, they are left out.
+    person = pa.DictionaryArray.from_arrays(pa.array(np.maximum(person_row, 0).astype(np.int32)), person_ids)
+    stored = stored_slices(table.append_column("person_id", person).select(EVENT_COLUMNS), kept, starts, ends)
     return {
-        name: partial(_fresh_partition, table, int(lo), int(hi), kept, person_row, person_ids)
-        for name, lo, hi, n in zip(names, starts, ends, counts, strict=True)
+        name: (
+            stored[i]
+            if stored is not None
+            else partial(_fresh_partition, table, int(lo), int(hi), kept, person_row, person_ids)
+        )
+        for i, (name, lo, hi, n) in enumerate(zip(names, starts, ends, counts, strict=True))
         if n
     }
 
@@ -686,15 +694,15 @@ def _fresh_partition(
 
 
 def _partitions(
-    lake: Lake, fresh: dict[str, Callable[[], pa.Table]], persons: pd.DataFrame, remap: bool
-) -> dict[str, pa.Table | Callable[[], pa.Table]]:
+    lake: Lake, fresh: dict[str, Callable[[], pa.Table] | Stored], persons: pd.DataFrame, remap: bool
+) -> dict[str, pa.Table | Callable[[], pa.Table] | Stored]:
     """The partitions to (re)write: the touched dates, or every date when identities merged.
     ``fresh`` builds the new events of each date in the lake's order (see
     :func:`_fresh_partitions`); dates already in the lake are merged with them here."""
     in_lake = set(lake.dates())
     touched = set(in_lake) if remap else set()
     touched |= {d for d in fresh if d in in_lake}
-    out: dict[str, pa.Table | Callable[[], pa.Table]] = dict(fresh)
+    out: dict[str, pa.Table | Callable[[], pa.Table] | Stored] = dict(fresh)
     person_of = None
     for date in sorted(touched):
         old = lake.events_table(dates=[date])  # one file per date, all of that date's events
@@ -712,7 +720,10 @@ def _partitions(
                 EVENTS_SCHEMA.field("person_id"),
                 person.take(pa.array(old_node_of_row)),
             )
-        out[date] = pa.concat_tables([old, fresh[date]().cast(old.schema)]) if date in fresh else old
+        if date in fresh:
+            new = fresh[date]
+            old = pa.concat_tables([old, (new.build() if isinstance(new, Stored) else new()).cast(old.schema)])
+        out[date] = old
     return out
 
 

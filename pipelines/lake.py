@@ -127,20 +127,25 @@ class Lake:
     # -- writing -------------------------------------------------------------------------
     def commit(
         self,
-        partitions: dict[str, pa.Table | Callable[[], pa.Table]] | None = None,
+        partitions: dict[str, pa.Table | Callable[[], pa.Table] | Stored] | None = None,
         tables: dict[str, pd.DataFrame] | None = None,
     ) -> bool:
         """Replace whole partitions (Arrow tables in :data:`EVENTS_SCHEMA`, any string column
         possibly dictionary-encoded) and named tables atomically; an empty partition is removed.
         A partition may also be given as a function that builds its table: it is called by the
-        writers, in their threads. Return whether anything changed."""
+        writers, in their threads; or as :class:`Stored`, a function that builds it already as
+        stored. Return whether anything changed."""
         current = self.manifest()
         new = Manifest(current.version, dict(current.partitions), dict(current.tables))
         jobs: list[tuple[dict[str, str], str, str, Callable[[], pa.Table | None]]] = []
         checked = _UniqueDictionaries()  # partitions often share their columns' dictionaries
         for date, table in (partitions or {}).items():
-            build = table if callable(table) else partial(_as_is, table)  # empty: removed below
-            jobs.append((new.partitions, date, f"events/date={date}/part", partial(_built_in_order, build, checked)))
+            if isinstance(table, Stored):
+                job = partial(_built_stored, table.build)
+            else:
+                build = table if callable(table) else partial(_as_is, table)  # empty: removed below
+                job = partial(_built_in_order, build, checked)
+            jobs.append((new.partitions, date, f"events/date={date}/part", job))
         for name, frame in (tables or {}).items():
             jobs.append(
                 (new.tables, name, f"tables/{name}", partial(pa.Table.from_pandas, frame, preserve_index=False))
@@ -224,6 +229,83 @@ class Lake:
 
 def _as_is(table: pa.Table) -> pa.Table:
     return table
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A partition whose ``build`` gives its table already as stored (what :func:`_lake_order`
+    would make of it: :data:`_STORED_SCHEMA`, sorted by ``ts`` then ``event_id``, one chunk,
+    each dictionary holding the values that occur in order of first appearance): the commit
+    writes it as it is."""
+
+    build: Callable[[], pa.Table]
+
+
+def stored_slices(table: pa.Table, kept: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[Stored] | None:
+    """Rows ``starts[i]:ends[i]`` of ``table`` (the contract's columns, every row already in the
+    lake's order), the ``kept`` ones, as :class:`Stored` partitions, one per slice: each
+    dictionary column is renumbered by first appearance for all the slices in one pass (the C
+    kernel restarts its numbering at each slice), not one slice at a time as the commit's
+    :func:`_lake_order` would. None where that cannot be done (no C kernels, a dictionary that
+    holds a value twice, indices wider than int32): the caller hands over the slices as they
+    are, and the commit orders each one."""
+    native = kernels()
+    if native is None:
+        return None
+    rows = np.flatnonzero(kept)
+    before = np.concatenate([[0], np.cumsum(kept, dtype=np.int64)])  # kept rows before each row
+    kept_starts, kept_ends = before[starts], before[ends]
+    renumbered: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, pa.Array]] = {}
+    for name in _DICTIONARY_STRINGS:
+        column = table[name]
+        if not pa.types.is_dictionary(column.type):
+            column = pc.dictionary_encode(column)
+        values = column.unify_dictionaries().combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        dictionary, indices = values.dictionary, values.indices
+        if indices.type != pa.int32() or pc.count_distinct(dictionary).as_py() != len(dictionary):
+            return None
+        codes = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=len(indices), offset=4 * indices.offset)
+        valid = numpy_bool(pc.is_valid(indices))[rows] if indices.null_count else None
+        new, used, used_ends = native.first_appearance(
+            np.ascontiguousarray(codes[rows]), valid, len(dictionary), kept_starts.astype(np.int64)
+        )
+        renumbered[name] = (
+            np.frombuffer(new, dtype=np.int32),
+            np.frombuffer(used, dtype=np.int32),
+            np.concatenate([[0], np.frombuffer(used_ends, dtype=np.int64)]),
+            valid,
+            dictionary,
+        )
+    plain = [c for c in EVENT_COLUMNS if c not in renumbered]
+
+    def build(i: int) -> pa.Table:
+        lo, hi, klo, khi = int(starts[i]), int(ends[i]), int(kept_starts[i]), int(kept_ends[i])
+        part = table.select(plain).slice(lo, hi - lo)
+        if not kept[lo:hi].all():
+            part = part.filter(pa.array(kept[lo:hi]))
+        columns = []
+        for name in EVENT_COLUMNS:
+            if name not in renumbered:
+                columns.append(part[name].cast(EVENTS_SCHEMA.field(name).type).combine_chunks())
+                continue
+            new, used, used_ends, valid, dictionary = renumbered[name]
+            mine = None if valid is None else valid[klo:khi]
+            indices = (
+                pa.array(new[klo:khi], mask=~mine) if mine is not None and not mine.all() else pa.array(new[klo:khi])
+            )
+            occurring = dictionary.take(pa.array(used[used_ends[i] : used_ends[i + 1]]))
+            columns.append(pa.DictionaryArray.from_arrays(indices, occurring))
+        return pa.Table.from_arrays(columns, schema=_STORED_SCHEMA)
+
+    return [Stored(partial(build, i)) for i in range(len(starts))]
+
+
+def _built_stored(build: Callable[[], pa.Table]) -> pa.Table | None:
+    """A :class:`Stored` partition's table (None if it is empty)."""
+    table = build()
+    if table.schema != _STORED_SCHEMA:
+        raise ValueError(f"a partition given as stored has the schema {table.schema}, not the lake's")
+    return table if table.num_rows else None
 
 
 def _built_in_order(build: Callable[[], pa.Table], checked: _UniqueDictionaries | None = None) -> pa.Table | None:

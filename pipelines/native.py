@@ -21,7 +21,9 @@ class Kernels(Protocol):
 
     def repeated64(self, hashes: object, rows: object) -> bytes: ...
 
-    def first_appearance(self, indices: object, valid: object | None, size: int) -> tuple[bytes, bytes]: ...
+    def first_appearance(
+        self, indices: object, valid: object | None, size: int, starts: object | None = None
+    ) -> tuple[bytes, ...]: ...
 
     def hmac_sha256(
         self, key: bytes, prefix: bytes, data: object, offsets: object, width: int, portable: bool = False

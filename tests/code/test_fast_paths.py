@@ -438,6 +438,77 @@ def test_first_appearance_renumbers_alike_with_and_without_the_c_kernels(monkeyp
         kernel.first_appearance(np.array([0, 5], dtype=np.int32), None, 5)
 
 
+def test_first_appearance_renumbers_each_run_as_alone() -> None:
+    """With run starts, the kernel numbers each run (empty ones too) as a call on that run alone."""
+    kernel = native_or_skip()
+    rng = np.random.default_rng(9)
+    codes = rng.integers(0, 30, 500).astype(np.int32)
+    valid = rng.random(500) > 0.1
+    starts = np.array([0, 0, 120, 120, 121, 400], dtype=np.int64)  # empty runs, a one-row run
+    new, used, ends = kernel.first_appearance(codes, valid, 30, starts)
+    new, used, ends = np.frombuffer(new, np.int32), np.frombuffer(used, np.int32), np.frombuffer(ends, np.int64)
+    bounds = [*starts.tolist(), 500]
+    for r in range(len(starts)):
+        lo, hi = bounds[r], bounds[r + 1]
+        alone_new, alone_used = kernel.first_appearance(codes[lo:hi], valid[lo:hi], 30)
+        np.testing.assert_array_equal(new[lo:hi], np.frombuffer(alone_new, np.int32))
+        np.testing.assert_array_equal(used[(ends[r - 1] if r else 0) : ends[r]], np.frombuffer(alone_used, np.int32))
+    with pytest.raises(ValueError, match="starts"):
+        kernel.first_appearance(codes, None, 30, np.array([0, 200, 100], dtype=np.int64))
+    with pytest.raises(ValueError, match="starts"):
+        kernel.first_appearance(codes, None, 30, np.array([5], dtype=np.int64))
+
+
+def _ordered_events(n: int, seed: int, values: pa.Array) -> pa.Table:
+    """Events in the lake's order with dictionary columns (nulls in item_id and text), one plain."""
+    rng = random.Random(seed)
+
+    def column(nulls: bool = False) -> pa.DictionaryArray:
+        codes = [None if nulls and rng.random() < 0.2 else rng.randrange(len(values)) for _ in range(n)]
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), values)
+
+    return pa.table(
+        {
+            "event_id": pa.array([f"e{i:04d}" for i in range(n)], pa.string()),
+            "platform": column(),
+            "user_id": column(),
+            "person_id": column(),
+            "item_id": column(nulls=True),
+            "action": pa.array([rng.choice(["view", "click"]) for _ in range(n)], pa.string()),  # plain strings
+            "value": pa.array([float(i % 7) for i in range(n)], pa.float64()),
+            "text": column(nulls=True),
+            "ts": pa.array(sorted(rng.randrange(10**12) for _ in range(n)), pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def test_stored_slices_are_what_the_commit_makes_of_each_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dates built at once as stored are the tables the commit's ordering makes of each date's
+    kept rows (empty dates too), so the lake's bytes do not change; without the C kernels, or
+    with a dictionary holding a value twice, there is nothing to build at once."""
+    from pipelines.lake import _lake_order, stored_slices
+
+    native_or_skip()
+    n = 400
+    table = _ordered_events(n, 10, pa.array([f"v{i}" for i in range(12)], pa.string()))
+    kept = np.random.default_rng(11).random(n) > 0.15
+    kept[150:170] = False  # a date with no kept row
+    starts = np.array([0, 90, 150, 170, 171, 300])
+    ends = np.append(starts[1:], n)
+    stored = stored_slices(table, kept, starts, ends)
+    assert stored is not None
+    for part, lo, hi in zip(stored, starts, ends, strict=True):
+        got = part.build()
+        want = _lake_order(table.slice(lo, hi - lo).filter(pa.array(kept[lo:hi])))
+        assert got.schema.equals(want.schema) and got.equals(want)
+        for name in ("platform", "item_id", "action", "text"):  # the same dictionaries, in the same order
+            assert got[name].chunk(0).dictionary.equals(want[name].chunk(0).dictionary)
+    repeated = _ordered_events(n, 12, pa.array(["a", "b", "a"], pa.string()))
+    assert stored_slices(repeated, kept, starts, ends) is None
+    monkeypatch.setenv("XINTEREST_NATIVE", "0")
+    assert stored_slices(table, kept, starts, ends) is None
+
+
 def test_distinct_days_are_numpy_unique() -> None:
     from pipelines.ingest import _distinct_days
 
