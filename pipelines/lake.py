@@ -276,26 +276,26 @@ def stored_slices(table: pa.Table, kept: np.ndarray, starts: np.ndarray, ends: n
             valid,
             dictionary,
         )
+    # Every column's kept rows at once; a date is then a slice of each (no copy).
     plain = [c for c in EVENT_COLUMNS if c not in renumbered]
+    kept_plain = table.select(plain).filter(pa.array(kept))
+    columns: dict[str, pa.Array] = {
+        name: kept_plain[name].cast(EVENTS_SCHEMA.field(name).type).combine_chunks() for name in plain
+    }
+    for name, (new, _, _, valid, _) in renumbered.items():
+        columns[name] = pa.array(new, mask=~valid) if valid is not None and not valid.all() else pa.array(new)
 
     def build(i: int) -> pa.Table:
-        lo, hi, klo, khi = int(starts[i]), int(ends[i]), int(kept_starts[i]), int(kept_ends[i])
-        part = table.select(plain).slice(lo, hi - lo)
-        if not kept[lo:hi].all():
-            part = part.filter(pa.array(kept[lo:hi]))
-        columns = []
+        lo, n = int(kept_starts[i]), int(kept_ends[i] - kept_starts[i])
+        arrays = []
         for name in EVENT_COLUMNS:
-            if name not in renumbered:
-                columns.append(part[name].cast(EVENTS_SCHEMA.field(name).type).combine_chunks())
-                continue
-            new, used, used_ends, valid, dictionary = renumbered[name]
-            mine = None if valid is None else valid[klo:khi]
-            indices = (
-                pa.array(new[klo:khi], mask=~mine) if mine is not None and not mine.all() else pa.array(new[klo:khi])
-            )
-            occurring = dictionary.take(pa.array(used[used_ends[i] : used_ends[i + 1]]))
-            columns.append(pa.DictionaryArray.from_arrays(indices, occurring))
-        return pa.Table.from_arrays(columns, schema=_STORED_SCHEMA)
+            part = columns[name].slice(lo, n)
+            if name in renumbered:
+                _, used, used_ends, _, dictionary = renumbered[name]
+                occurring = dictionary.take(pa.array(used[used_ends[i] : used_ends[i + 1]]))
+                part = pa.DictionaryArray.from_arrays(part, occurring)
+            arrays.append(part)
+        return pa.Table.from_arrays(arrays, schema=_STORED_SCHEMA)
 
     return [Stored(partial(build, i)) for i in range(len(starts))]
 
