@@ -17,10 +17,9 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -656,53 +655,32 @@ def _time_order(order: np.ndarray, us: np.ndarray, event_id: pa.ChunkedArray) ->
 
 def _fresh_partitions(
     table: pa.Table, days: np.ndarray, kept: np.ndarray, person_row: np.ndarray, person_ids: pa.Array
-) -> dict[str, Callable[[], pa.Table] | Stored]:
-    """The new events of each date, built when the commit's writers ask for them: ``table``
-    holds rows in the lake's order (``days`` their day numbers), of which those in ``kept`` are
-    stored, with the person id at ``person_row`` in ``person_ids``. Each date comes already as
-    stored (:func:`stored_slices`) where it can, else as it is, for the commit to order. Dates
-    without a kept row are left out."""
+) -> dict[str, Stored]:
+    """The new events of each date, built as stored when the commit's writers ask for them
+    (:func:`stored_slices`): ``table`` holds rows in the lake's order (``days`` their day
+    numbers), of which those in ``kept`` are stored, with the person id at ``person_row`` in
+    ``person_ids``. Dates without a kept row are left out."""
     if not len(days):
         return {}
     starts = np.concatenate([[0], np.flatnonzero(np.diff(days)) + 1])
     ends = np.append(starts[1:], len(days))
-    names = _date_names(days[starts])
     counts = np.add.reduceat(kept, starts)
     # Rows not kept have no person (-1): any entry does, they are left out.
     person = pa.DictionaryArray.from_arrays(pa.array(np.maximum(person_row, 0).astype(np.int32)), person_ids)
     stored = stored_slices(table.append_column("person_id", person).select(EVENT_COLUMNS), kept, starts, ends)
-    return {
-        name: (
-            stored[i]
-            if stored is not None
-            else partial(_fresh_partition, table, int(lo), int(hi), kept, person_row, person_ids)
-        )
-        for i, (name, lo, hi, n) in enumerate(zip(names, starts, ends, counts, strict=True))
-        if n
-    }
-
-
-def _fresh_partition(
-    table: pa.Table, lo: int, hi: int, kept: np.ndarray, person_row: np.ndarray, person_ids: pa.Array
-) -> pa.Table:
-    """One date of :func:`_fresh_partitions`: rows ``lo:hi`` of ``table``, the kept ones."""
-    part, rows, person = table.slice(lo, hi - lo), kept[lo:hi], person_row[lo:hi]
-    if not rows.all():
-        part, person = part.filter(pa.array(rows)), person[rows]
-    person = pa.DictionaryArray.from_arrays(pa.array(person.astype(np.int32)), person_ids)
-    return part.append_column("person_id", person).select(EVENT_COLUMNS)
+    return {name: part for name, part, n in zip(_date_names(days[starts]), stored, counts, strict=True) if n}
 
 
 def _partitions(
-    lake: Lake, fresh: dict[str, Callable[[], pa.Table] | Stored], persons: pd.DataFrame, remap: bool
-) -> dict[str, pa.Table | Callable[[], pa.Table] | Stored]:
+    lake: Lake, fresh: dict[str, Stored], persons: pd.DataFrame, remap: bool
+) -> dict[str, pa.Table | Stored]:
     """The partitions to (re)write: the touched dates, or every date when identities merged.
     ``fresh`` builds the new events of each date in the lake's order (see
     :func:`_fresh_partitions`); dates already in the lake are merged with them here."""
     in_lake = set(lake.dates())
     touched = set(in_lake) if remap else set()
     touched |= {d for d in fresh if d in in_lake}
-    out: dict[str, pa.Table | Callable[[], pa.Table] | Stored] = dict(fresh)
+    out: dict[str, pa.Table | Stored] = dict(fresh)
     person_of = None
     for date in sorted(touched):
         old = lake.events_table(dates=[date])  # one file per date, all of that date's events
@@ -720,10 +698,7 @@ def _partitions(
                 EVENTS_SCHEMA.field("person_id"),
                 person.take(pa.array(old_node_of_row)),
             )
-        if date in fresh:
-            new = fresh[date]
-            old = pa.concat_tables([old, (new.build() if isinstance(new, Stored) else new()).cast(old.schema)])
-        out[date] = old
+        out[date] = pa.concat_tables([old, fresh[date]().cast(old.schema)]) if date in fresh else old
     return out
 
 

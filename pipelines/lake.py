@@ -236,64 +236,68 @@ class Stored:
     """A partition whose ``build`` gives its table already as stored (what :func:`_lake_order`
     would make of it: :data:`_STORED_SCHEMA`, sorted by ``ts`` then ``event_id``, one chunk,
     each dictionary holding the values that occur in order of first appearance): the commit
-    writes it as it is."""
+    writes it as it is. Calling it builds the table."""
 
     build: Callable[[], pa.Table]
 
+    def __call__(self) -> pa.Table:
+        return self.build()
 
-def stored_slices(table: pa.Table, kept: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[Stored] | None:
+
+def stored_slices(table: pa.Table, kept: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[Stored]:
     """Rows ``starts[i]:ends[i]`` of ``table`` (the contract's columns, every row already in the
-    lake's order), the ``kept`` ones, as :class:`Stored` partitions, one per slice: each
+    lake's order), the ``kept`` ones, as :class:`Stored` partitions, one per slice. Each
     dictionary column is renumbered by first appearance for all the slices in one pass (the C
-    kernel restarts its numbering at each slice), not one slice at a time as the commit's
-    :func:`_lake_order` would. None where that cannot be done (no C kernels, a dictionary that
-    holds a value twice, indices wider than int32): the caller hands over the slices as they
-    are, and the commit orders each one."""
+    kernel restarts its numbering at each slice), and every column's kept rows are gathered
+    once, a slice then being a view of them. Without the C kernels, or with a dictionary that
+    holds a value twice or indices wider than int32, each slice is ordered on its own, as the
+    commit orders any other partition (:func:`_lake_order`): the same tables."""
     native = kernels()
-    if native is None:
-        return None
-    rows = np.flatnonzero(kept)
     before = np.concatenate([[0], np.cumsum(kept, dtype=np.int64)])  # kept rows before each row
     kept_starts, kept_ends = before[starts], before[ends]
-    renumbered: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, pa.Array]] = {}
-    for name in _DICTIONARY_STRINGS:
+    rows = np.flatnonzero(kept)
+    columns: dict[str, pa.Array] = {}
+    occurring: dict[str, tuple[np.ndarray, np.ndarray, pa.Array]] = {}  # used entries, their ends, dictionary
+    for name in _DICTIONARY_STRINGS if native is not None else ():
         column = table[name]
         if not pa.types.is_dictionary(column.type):
             column = pc.dictionary_encode(column)
         values = column.unify_dictionaries().combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         dictionary, indices = values.dictionary, values.indices
         if indices.type != pa.int32() or pc.count_distinct(dictionary).as_py() != len(dictionary):
-            return None
+            native = None
+            break
         codes = np.frombuffer(indices.buffers()[1], dtype=np.int32, count=len(indices), offset=4 * indices.offset)
         valid = numpy_bool(pc.is_valid(indices))[rows] if indices.null_count else None
         new, used, used_ends = native.first_appearance(
             np.ascontiguousarray(codes[rows]), valid, len(dictionary), kept_starts.astype(np.int64)
         )
-        renumbered[name] = (
-            np.frombuffer(new, dtype=np.int32),
-            np.frombuffer(used, dtype=np.int32),
-            np.concatenate([[0], np.frombuffer(used_ends, dtype=np.int64)]),
-            valid,
-            dictionary,
-        )
-    # Every column's kept rows at once; a date is then a slice of each (no copy).
-    plain = [c for c in EVENT_COLUMNS if c not in renumbered]
-    kept_plain = table.select(plain).filter(pa.array(kept))
-    columns: dict[str, pa.Array] = {
-        name: kept_plain[name].cast(EVENTS_SCHEMA.field(name).type).combine_chunks() for name in plain
-    }
-    for name, (new, _, _, valid, _) in renumbered.items():
+        new = np.frombuffer(new, dtype=np.int32)
         columns[name] = pa.array(new, mask=~valid) if valid is not None and not valid.all() else pa.array(new)
+        ends_of_used = np.concatenate([[0], np.frombuffer(used_ends, dtype=np.int64)])
+        occurring[name] = (np.frombuffer(used, dtype=np.int32), ends_of_used, dictionary)
+    if native is None:
+        checked = _UniqueDictionaries()
+
+        def ordered(i: int) -> pa.Table:
+            lo, hi = int(starts[i]), int(ends[i])
+            return _lake_order(table.slice(lo, hi - lo).filter(pa.array(kept[lo:hi])), checked)
+
+        return [Stored(partial(ordered, i)) for i in range(len(starts))]
+    kept_plain = table.select([c for c in EVENT_COLUMNS if c not in columns]).filter(pa.array(kept))
+    for name in kept_plain.column_names:
+        columns[name] = kept_plain[name].cast(EVENTS_SCHEMA.field(name).type).combine_chunks()
 
     def build(i: int) -> pa.Table:
         lo, n = int(kept_starts[i]), int(kept_ends[i] - kept_starts[i])
         arrays = []
         for name in EVENT_COLUMNS:
             part = columns[name].slice(lo, n)
-            if name in renumbered:
-                _, used, used_ends, _, dictionary = renumbered[name]
-                occurring = dictionary.take(pa.array(used[used_ends[i] : used_ends[i + 1]]))
-                part = pa.DictionaryArray.from_arrays(part, occurring)
+            if name in occurring:
+                used, used_ends, dictionary = occurring[name]
+                part = pa.DictionaryArray.from_arrays(
+                    part, dictionary.take(pa.array(used[used_ends[i] : used_ends[i + 1]]))
+                )
             arrays.append(part)
         return pa.Table.from_arrays(arrays, schema=_STORED_SCHEMA)
 

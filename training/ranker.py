@@ -107,7 +107,7 @@ def lookup_share(names: Sequence[Any], shares: Sequence[Any], wanted: Sequence[A
                     tables[key].setdefault(name, share)
             table = tables[key]
         out.append(table.get(w, 0.0))
-    return np.array(out, dtype=np.float32).reshape(len(out))
+    return np.array(out, dtype=np.float32)
 
 
 def assemble(columns: dict[str, Any]) -> NDArray[np.float32]:
