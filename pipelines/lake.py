@@ -41,6 +41,9 @@ class Manifest:
     version: int = 0
     partitions: dict[str, str] = field(default_factory=dict)  # date → relative file
     tables: dict[str, str] = field(default_factory=dict)  # name → relative file
+    # date → events in its file; a lake written before the counts were kept has none, and its
+    # files' footers are read instead (see Lake.n_events)
+    rows: dict[str, int] = field(default_factory=dict)
 
     def files(self) -> set[str]:
         return set(self.partitions.values()) | set(self.tables.values())
@@ -98,7 +101,7 @@ class Lake:
         if not path.exists():
             return Manifest()
         raw = json.loads(path.read_text())
-        return Manifest(raw["version"], raw["partitions"], raw["tables"])
+        return Manifest(raw["version"], raw["partitions"], raw["tables"], raw.get("rows", {}))
 
     def dates(self) -> list[str]:
         return sorted(self.manifest().partitions)
@@ -122,7 +125,13 @@ class Lake:
         return None if file is None else pq.read_table(self.root / file).to_pandas()
 
     def n_events(self) -> int:
-        return sum(pq.ParquetFile(self.root / f).metadata.num_rows for f in self.manifest().partitions.values())
+        """Events in the lake: the manifest's count per date, or, for a date it has none of
+        (a lake committed before the counts were kept), the file's footer."""
+        manifest = self.manifest()
+        return sum(
+            manifest.rows[date] if date in manifest.rows else pq.ParquetFile(self.root / f).metadata.num_rows
+            for date, f in manifest.partitions.items()
+        )
 
     # -- writing -------------------------------------------------------------------------
     def commit(
@@ -136,7 +145,7 @@ class Lake:
         writers, in their threads; or as :class:`Stored`, a function that builds it already as
         stored. Return whether anything changed."""
         current = self.manifest()
-        new = Manifest(current.version, dict(current.partitions), dict(current.tables))
+        new = Manifest(current.version, dict(current.partitions), dict(current.tables), dict(current.rows))
         jobs: list[tuple[dict[str, str], str, str, Callable[[], pa.Table | None]]] = []
         checked = _UniqueDictionaries()  # partitions often share their columns' dictionaries
         for date, table in (partitions or {}).items():
@@ -155,11 +164,16 @@ class Lake:
             written = list(pool.map(lambda job: self._write(job[3](), job[2]), jobs))
         wrote = False
         for (target, key, _, _), result in zip(jobs, written, strict=True):
+            counted = target is new.partitions
             if result is None:  # a partition built empty: removed
                 target.pop(key, None)
+                if counted:
+                    new.rows.pop(key, None)
                 continue
-            relative, was_new = result
+            relative, was_new, n_rows = result
             target[key] = relative
+            if counted:
+                new.rows[key] = n_rows
             wrote |= was_new
         if new.partitions == current.partitions and new.tables == current.tables:
             return False
@@ -170,6 +184,7 @@ class Lake:
             "version": new.version,
             "partitions": dict(sorted(new.partitions.items())),
             "tables": dict(sorted(new.tables.items())),
+            "rows": {date: new.rows[date] for date in sorted(new.partitions) if date in new.rows},
         }
         tmp = self.root / f"{self.manifest_name}.tmp"
         with open(tmp, "w") as f:
@@ -180,9 +195,9 @@ class Lake:
         self.collect_garbage()
         return True
 
-    def _write(self, table: pa.Table | None, stem: str) -> tuple[str, bool] | None:
-        """Write a file named by its content; return its relative path and whether it was new
-        (None, writing nothing, for a partition built empty)."""
+    def _write(self, table: pa.Table | None, stem: str) -> tuple[str, bool, int] | None:
+        """Write a file named by its content; return its relative path, whether it was new and
+        its number of rows (None, writing nothing, for a partition built empty)."""
         if table is None:
             return None
         sink = pa.BufferOutputStream()
@@ -205,13 +220,13 @@ class Lake:
         relative = f"{stem}-{hashlib.sha256(data).hexdigest()[:20]}.parquet"
         path = self.root / relative
         if path.exists():
-            return relative, False
+            return relative, False, table.num_rows
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-        return relative, True
+        return relative, True, table.num_rows
 
     def collect_garbage(self) -> None:
         """Remove files that no manifest (the lake's or a stage's) names: left by a crash or an
@@ -219,12 +234,20 @@ class Lake:
         keep = set().union(
             *(Lake(self.root, name).manifest().files() for name in (MANIFEST, STAGE) if (self.root / name).exists())
         )
-        for path in list(self.root.rglob("*.parquet")) + list(self.root.rglob("*.tmp")):
-            if path.relative_to(self.root).as_posix() not in keep:
-                path.unlink(missing_ok=True)
-        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), reverse=True):
-            if not any(folder.iterdir()):
-                folder.rmdir()
+        # One bottom-up walk (os.walk, not pathlib's rglob: a lake of thousands of dates has as
+        # many folders, and rglob took ~0.4 ms per folder): unnamed files go, then the folders
+        # left empty.
+        root = str(self.root)
+        for folder, subfolders, files in os.walk(root, topdown=False):
+            relative = os.path.relpath(folder, root)
+            prefix = "" if relative == "." else relative.replace(os.sep, "/") + "/"
+            left = len(files)
+            for name in files:
+                if name.endswith((".parquet", ".tmp")) and prefix + name not in keep:
+                    os.unlink(os.path.join(folder, name))
+                    left -= 1
+            if relative != "." and not left and not any(os.path.isdir(os.path.join(folder, d)) for d in subfolders):
+                os.rmdir(folder)
 
 
 def _as_is(table: pa.Table) -> pa.Table:

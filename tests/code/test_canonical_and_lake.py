@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -103,3 +104,46 @@ def test_a_crash_before_the_manifest_leaves_the_lake_as_it_was(
     named = Lake(workdir.lake).manifest().files()
     on_disk = {p.relative_to(workdir.lake).as_posix() for p in workdir.lake.rglob("*.parquet")}
     assert on_disk == named
+
+
+def test_the_manifest_counts_each_dates_events(tmp_path: Path, settings: Settings, workdir: Workdir) -> None:
+    ingest_sources([("canonical", _canonical(tmp_path))], workdir, settings)
+    lake = Lake(workdir.lake)
+    manifest = lake.manifest()
+    footers = {date: pq.ParquetFile(lake.root / f).metadata.num_rows for date, f in manifest.partitions.items()}
+    assert manifest.rows == footers and sum(footers.values()) == 3
+    assert lake.n_events() == 3
+    # a lake committed before the counts were kept: its files' footers are read instead
+    raw = json.loads(lake.manifest_path.read_text())
+    del raw["rows"]
+    lake.manifest_path.write_text(json.dumps(raw))
+    assert lake.manifest().rows == {} and lake.n_events() == 3
+    # a later commit counts what it writes, and the dates it does not touch keep their footers
+    first = min(manifest.partitions)
+    table = lake.events_table(dates=[first])
+    assert lake.commit({"2024-02-01": table})
+    assert lake.manifest().rows == {"2024-02-01": table.num_rows} and lake.n_events() == 3 + table.num_rows
+    assert lake.commit({"2024-02-01": table.slice(0, 0)})  # an empty partition is removed, count and all
+    assert "2024-02-01" not in lake.manifest().rows and lake.n_events() == 3
+
+
+def test_garbage_collection_keeps_named_files_and_removes_the_rest(
+    tmp_path: Path, settings: Settings, workdir: Workdir
+) -> None:
+    ingest_sources([("canonical", _canonical(tmp_path))], workdir, settings)
+    lake = Lake(workdir.lake)
+    named = lake.manifest().files()
+    date_folder = (lake.root / next(iter(lake.manifest().partitions.values()))).parent
+    orphans = [date_folder / "part-orphan.parquet", lake.root / "events" / "date=2030-01-01" / "part-x.parquet"]
+    for path in orphans:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left by a crash")
+    (lake.root / "events" / "date=2030-01-02" / "deeper").mkdir(parents=True)  # empty folders
+    (lake.root / "tables" / "half-written.tmp").write_bytes(b"")
+    (lake.root / "notes.txt").write_text("not the lake's: kept")
+    lake.collect_garbage()
+    on_disk = {p.relative_to(lake.root).as_posix() for p in lake.root.rglob("*") if p.is_file()}
+    assert on_disk == named | {"_manifest.json", "notes.txt"}
+    assert not (lake.root / "events" / "date=2030-01-01").exists()
+    assert not (lake.root / "events" / "date=2030-01-02").exists()
+    assert date_folder.exists() and lake.root.exists()
