@@ -20,6 +20,8 @@
  *   sparse matrix's rows, and the ranks of a few items in a scored row
  *   (training.recommender._sum_rows and _ranks_at), which in numpy cost more in calls over
  *   small arrays than in arithmetic.
+ * - tree_margins (serving): the re-ranker's trees walked for a few hundred rows, the sum
+ *   XGBoost's CPU predictor gives, without its fixed cost per call (training.trees).
  * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
  *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
  *   repeated event ids (pipelines.ingest._repeated), where equal strings must hash alike and
@@ -31,6 +33,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -823,6 +826,89 @@ done:
     return result;
 }
 
+/* tree_margins(nodes, roots, x, n_features, out): add to out[r] (float32, writable; holds each
+ * row's starting margin) the leaf value of every tree for row r of x (float32, rows x
+ * n_features, C order), tree after tree in the order of roots (int32), each sum rounded to
+ * float32: what XGBoost's CPU predictor gives for numerical splits (training.trees). nodes: the
+ * nodes of all trees, 16 bytes each (struct tree_node): children as absolute positions (-1 at
+ * a leaf), the split value (a leaf's value at a leaf), the split feature with where a missing
+ * value (NaN) goes in its top bit (set: left). A value goes left when less than the split value. */
+struct tree_node {
+    int32_t left, right;
+    float threshold;
+    uint32_t feature; /* bit 31: missing values go left */
+};
+
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+static PyObject *tree_margins(PyObject *self, PyObject *args) {
+    Py_buffer nodes_buf, roots_buf, x_buf, out_buf;
+    Py_ssize_t n_features;
+    if (!PyArg_ParseTuple(args, "y*y*y*nw*", &nodes_buf, &roots_buf, &x_buf, &n_features, &out_buf)) return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t n_nodes = nodes_buf.len / (Py_ssize_t)sizeof(struct tree_node);
+    const Py_ssize_t n_trees = roots_buf.len / 4, n_rows = out_buf.len / 4;
+    const struct tree_node *nodes = (const struct tree_node *)nodes_buf.buf;
+    const int32_t *roots = (const int32_t *)roots_buf.buf;
+    const float *x = (const float *)x_buf.buf;
+    float *out = (float *)out_buf.buf;
+    if (nodes_buf.len % (Py_ssize_t)sizeof(struct tree_node) || roots_buf.len % 4 || out_buf.len % 4 ||
+        n_features < 1 || x_buf.len != 4 * n_rows * n_features) {
+        PyErr_SetString(PyExc_ValueError,
+                        "tree_margins: 16-byte nodes, int32 roots, float32 x of len(out) rows of n_features, "
+                        "float32 out");
+        goto done;
+    }
+    /* Every split must lead to later nodes of the array (XGBoost numbers children after their
+     * parent, so every walk ends) and split on a feature of x. */
+    for (Py_ssize_t i = 0; i < n_nodes; i++) {
+        const struct tree_node *node = nodes + i;
+        if (node->left == -1) continue;
+        if (node->left <= i || node->left >= n_nodes || node->right <= i || node->right >= n_nodes ||
+            (Py_ssize_t)(node->feature & 0x7fffffffu) >= n_features) {
+            PyErr_Format(PyExc_ValueError, "tree_margins: node %zd is not a split of these nodes and x", i);
+            goto done;
+        }
+    }
+    for (Py_ssize_t t = 0; t < n_trees; t++) {
+        if (roots[t] < 0 || roots[t] >= n_nodes) {
+            PyErr_Format(PyExc_ValueError, "tree_margins: root %zd is outside the nodes", t);
+            goto done;
+        }
+    }
+    /* A block of rows through one tree at a time, as XGBoost's predictor goes: the tree's nodes
+     * stay in cache for the block (row by row, every tree's nodes were fetched again per row).
+     * Each row's sum still takes the trees in order. */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t lo = 0; lo < n_rows; lo += 64) {
+        const Py_ssize_t hi = lo + 64 < n_rows ? lo + 64 : n_rows;
+        for (Py_ssize_t t = 0; t < n_trees; t++) {
+            const struct tree_node *root = nodes + roots[t];
+            for (Py_ssize_t r = lo; r < hi; r++) {
+                const float *row = x + r * n_features;
+                const struct tree_node *node = root;
+                while (node->left != -1) {
+                    const float value = row[node->feature & 0x7fffffffu];
+                    /* missing (NaN): the node's default direction; else left when less */
+                    const int missing = value != value, less = value < node->threshold;
+                    const int go_left = missing ? (int)(node->feature >> 31) : less;
+                    node = nodes + (go_left ? node->left : node->right);
+                }
+                out[r] += node->threshold;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&nodes_buf);
+    PyBuffer_Release(&roots_buf);
+    PyBuffer_Release(&x_buf);
+    PyBuffer_Release(&out_buf);
+    return result;
+}
+
 static PyMethodDef METHODS[] = {
     {"blake2b_128_joined", blake2b_128_joined, METH_VARARGS,
      "blake2b_128_joined(fields, separator, null) -> bytes: BLAKE2b-128 of each row's fields joined."},
@@ -841,6 +927,9 @@ static PyMethodDef METHODS[] = {
      "matrix's rows, in stored order."},
     {"ranks_at", ranks_at, METH_VARARGS,
      "ranks_at(row, ordered, at) -> bytearray: int64 rank (1 = highest, ties by position) of row[at[i]] in a float32 row."},
+    {"tree_margins", tree_margins, METH_VARARGS,
+     "tree_margins(nodes, roots, x, n_features, out) -> None: out[r] += "
+     "every tree's leaf value for row r of x, in tree order (XGBoost's CPU predictor, numerical splits)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,7 @@
 """The optional C kernels (pipelines/_native.c): ingest's, for strings held as a data buffer and
 int64 offsets, as Arrow holds them (see :func:`pipelines.contract.string_buffers`), and two of
-serving's candidate generation (:mod:`training.recommender`).
+serving's candidate generation (:mod:`training.recommender`) and the re-ranker's trees
+(:mod:`training.trees`).
 
 :func:`kernels` is None when the extension was not built (no C compiler at install) or when
 ``XINTEREST_NATIVE=0``: callers then compute the same values in Python and numpy.
@@ -35,8 +36,19 @@ class Kernels(Protocol):
 
     def ranks_at(self, row: object, ordered: object, at: object) -> bytearray: ...
 
+    def tree_margins(self, nodes: object, roots: object, x: object, n_features: int, out: object) -> None: ...
 
-_KERNELS = ("blake2b_128_joined", "hash64", "repeated64", "hmac_sha256", "first_appearance", "sum_rows", "ranks_at")
+
+_KERNELS = (
+    "blake2b_128_joined",
+    "hash64",
+    "repeated64",
+    "hmac_sha256",
+    "first_appearance",
+    "sum_rows",
+    "ranks_at",
+    "tree_margins",
+)
 
 
 _loaded: dict[str, Kernels | None] = {}

@@ -92,6 +92,7 @@ class Engine:
             # One request per thread: ~100 rows are too few to share out, and idle OpenMP
             # threads would spin on the cores the other workers need.
             recommender.booster.set_param({"nthread": 1})
+            ranker.fast_trees(recommender.booster)  # built and checked now, not by the first request
         # Every item's FEAST_ITEM values (NaN where missing) by decoder index, and whether they
         # were read since the cache was last cleared: a candidate's row is an array lookup.
         self._item_stats = np.full((recommender.vocab.n_items, len(ranker.FEAST_ITEM)), np.nan, dtype=np.float32)
