@@ -826,84 +826,85 @@ done:
     return result;
 }
 
-/* tree_margins(nodes, roots, x, n_features, out): add to out[r] (float32, writable; holds each
- * row's starting margin) the leaf value of every tree for row r of x (float32, rows x
- * n_features, C order), tree after tree in the order of roots (int32), each sum rounded to
- * float32: what XGBoost's CPU predictor gives for numerical splits (training.trees). nodes: the
- * nodes of all trees, 16 bytes each (struct tree_node): children as absolute positions (-1 at
- * a leaf), the split value (a leaf's value at a leaf), the split feature with where a missing
- * value (NaN) goes in its top bit (set: left). A value goes left when less than the split value. */
-struct tree_node {
-    int32_t left, right;
-    float threshold;
+/* tree_margins(splits, leaves, depth, x, n_features, out): add to out[r] (float32, writable;
+ * holds each row's starting margin) the leaf value of every tree for row r of x (float32, rows
+ * x n_features, C order), tree after tree, each sum rounded to float32: what XGBoost's CPU
+ * predictor gives for numerical splits (training.trees). Every tree is complete to ``depth``
+ * (a leaf above it repeated under a split whose way does not matter), so a walk takes
+ * ``depth`` steps without a branch on the data: splits, 2^depth - 1 per tree in breadth-first
+ * order (node i's children at 2i + 1 and 2i + 2), each a struct tree_split; leaves: float32,
+ * 2^depth per tree. A value goes left when less than the split value, and a missing value
+ * (NaN) where the split's top feature bit says (set: left). */
+struct tree_split {
     uint32_t feature; /* bit 31: missing values go left */
+    float threshold;
 };
 
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
 #endif
 static PyObject *tree_margins(PyObject *self, PyObject *args) {
-    Py_buffer nodes_buf, roots_buf, x_buf, out_buf;
+    Py_buffer splits_buf, leaves_buf, x_buf, out_buf;
+    int depth;
     Py_ssize_t n_features;
-    if (!PyArg_ParseTuple(args, "y*y*y*nw*", &nodes_buf, &roots_buf, &x_buf, &n_features, &out_buf)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*iy*nw*", &splits_buf, &leaves_buf, &depth, &x_buf, &n_features, &out_buf))
+        return NULL;
     PyObject *result = NULL;
-    const Py_ssize_t n_nodes = nodes_buf.len / (Py_ssize_t)sizeof(struct tree_node);
-    const Py_ssize_t n_trees = roots_buf.len / 4, n_rows = out_buf.len / 4;
-    const struct tree_node *nodes = (const struct tree_node *)nodes_buf.buf;
-    const int32_t *roots = (const int32_t *)roots_buf.buf;
-    const float *x = (const float *)x_buf.buf;
-    float *out = (float *)out_buf.buf;
-    if (nodes_buf.len % (Py_ssize_t)sizeof(struct tree_node) || roots_buf.len % 4 || out_buf.len % 4 ||
-        n_features < 1 || x_buf.len != 4 * n_rows * n_features) {
+    if (depth < 1 || depth > 16 || n_features < 1 || splits_buf.len % (Py_ssize_t)sizeof(struct tree_split) ||
+        leaves_buf.len % 4 || out_buf.len % 4) {
         PyErr_SetString(PyExc_ValueError,
-                        "tree_margins: 16-byte nodes, int32 roots, float32 x of len(out) rows of n_features, "
-                        "float32 out");
+                        "tree_margins: 8-byte splits, float32 leaves, depth 1 to 16, float32 x of len(out) rows of "
+                        "n_features, float32 out");
         goto done;
     }
-    /* Every split must lead to later nodes of the array (XGBoost numbers children after their
-     * parent, so every walk ends) and split on a feature of x. */
-    for (Py_ssize_t i = 0; i < n_nodes; i++) {
-        const struct tree_node *node = nodes + i;
-        if (node->left == -1) continue;
-        if (node->left <= i || node->left >= n_nodes || node->right <= i || node->right >= n_nodes ||
-            (Py_ssize_t)(node->feature & 0x7fffffffu) >= n_features) {
-            PyErr_Format(PyExc_ValueError, "tree_margins: node %zd is not a split of these nodes and x", i);
+    const Py_ssize_t per_tree = ((Py_ssize_t)1 << depth) - 1, n_rows = out_buf.len / 4;
+    const Py_ssize_t n_trees = splits_buf.len / (Py_ssize_t)sizeof(struct tree_split) / per_tree;
+    const struct tree_split *splits = (const struct tree_split *)splits_buf.buf;
+    const float *leaves = (const float *)leaves_buf.buf, *x = (const float *)x_buf.buf;
+    float *out = (float *)out_buf.buf;
+    if (splits_buf.len != n_trees * per_tree * (Py_ssize_t)sizeof(struct tree_split) ||
+        leaves_buf.len != 4 * n_trees * (per_tree + 1) || x_buf.len != 4 * n_rows * n_features) {
+        PyErr_SetString(PyExc_ValueError,
+                        "tree_margins: 2^depth - 1 splits and 2^depth leaves per tree, x of len(out) rows of "
+                        "n_features");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_trees * per_tree; i++) {
+        if ((Py_ssize_t)(splits[i].feature & 0x7fffffffu) >= n_features) {
+            PyErr_Format(PyExc_ValueError, "tree_margins: split %zd is on a feature x does not have", i);
             goto done;
         }
     }
-    for (Py_ssize_t t = 0; t < n_trees; t++) {
-        if (roots[t] < 0 || roots[t] >= n_nodes) {
-            PyErr_Format(PyExc_ValueError, "tree_margins: root %zd is outside the nodes", t);
-            goto done;
-        }
-    }
-    /* A block of rows through one tree at a time, as XGBoost's predictor goes: the tree's nodes
-     * stay in cache for the block (row by row, every tree's nodes were fetched again per row).
-     * Each row's sum still takes the trees in order. */
+    /* A block of rows through one tree at a time, as XGBoost's predictor goes (the tree stays in
+     * cache); each row's sum still takes the trees in order. */
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t lo = 0; lo < n_rows; lo += 64) {
         const Py_ssize_t hi = lo + 64 < n_rows ? lo + 64 : n_rows;
         for (Py_ssize_t t = 0; t < n_trees; t++) {
-            const struct tree_node *root = nodes + roots[t];
-            for (Py_ssize_t r = lo; r < hi; r++) {
-                const float *row = x + r * n_features;
-                const struct tree_node *node = root;
-                while (node->left != -1) {
-                    const float value = row[node->feature & 0x7fffffffu];
-                    /* missing (NaN): the node's default direction; else left when less */
-                    const int missing = value != value, less = value < node->threshold;
-                    const int go_left = missing ? (int)(node->feature >> 31) : less;
-                    node = nodes + (go_left ? node->left : node->right);
+            const struct tree_split *tree = splits + t * per_tree;
+            const float *leaf = leaves + t * (per_tree + 1);
+            /* Eight rows walk side by side: one walk is a chain of dependent loads, and eight
+             * independent chains keep the core busy while each waits. */
+            for (Py_ssize_t r0 = lo; r0 < hi; r0 += 8) {
+                const int group = hi - r0 < 8 ? (int)(hi - r0) : 8;
+                Py_ssize_t node[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (int level = 0; level < depth; level++) {
+                    for (int j = 0; j < group; j++) {
+                        const struct tree_split split = tree[node[j]];
+                        const float value = x[(r0 + j) * n_features + (split.feature & 0x7fffffffu)];
+                        const int left = value != value ? (int)(split.feature >> 31) : value < split.threshold;
+                        node[j] = 2 * node[j] + 2 - left;
+                    }
                 }
-                out[r] += node->threshold;
+                for (int j = 0; j < group; j++) out[r0 + j] += leaf[node[j] - per_tree];
             }
         }
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
-    PyBuffer_Release(&nodes_buf);
-    PyBuffer_Release(&roots_buf);
+    PyBuffer_Release(&splits_buf);
+    PyBuffer_Release(&leaves_buf);
     PyBuffer_Release(&x_buf);
     PyBuffer_Release(&out_buf);
     return result;
@@ -928,7 +929,7 @@ static PyMethodDef METHODS[] = {
     {"ranks_at", ranks_at, METH_VARARGS,
      "ranks_at(row, ordered, at) -> bytearray: int64 rank (1 = highest, ties by position) of row[at[i]] in a float32 row."},
     {"tree_margins", tree_margins, METH_VARARGS,
-     "tree_margins(nodes, roots, x, n_features, out) -> None: out[r] += "
+     "tree_margins(splits, leaves, depth, x, n_features, out) -> None: out[r] += "
      "every tree's leaf value for row r of x, in tree order (XGBoost's CPU predictor, numerical splits)."},
     {NULL, NULL, 0, NULL},
 };

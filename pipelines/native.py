@@ -36,7 +36,9 @@ class Kernels(Protocol):
 
     def ranks_at(self, row: object, ordered: object, at: object) -> bytearray: ...
 
-    def tree_margins(self, nodes: object, roots: object, x: object, n_features: int, out: object) -> None: ...
+    def tree_margins(
+        self, splits: object, leaves: object, depth: int, x: object, n_features: int, out: object
+    ) -> None: ...
 
 
 _KERNELS = (

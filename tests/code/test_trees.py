@@ -43,7 +43,7 @@ def test_margins_are_xgboosts_bit_for_bit(rows: int) -> None:
     margin = np.random.default_rng(rows).standard_normal(rows).astype(np.float32) * 3
     for n_trees in (1, 17, 40):
         walked = trees.for_booster(booster, n_trees)
-        assert walked is not None and len(walked.roots) == n_trees
+        assert walked is not None and walked.n_trees == n_trees
         rounds = (0, n_trees)
         expected = booster.inplace_predict(x, iteration_range=rounds).astype(np.float32)
         assert np.array_equal(walked.margins(x), expected)
@@ -57,7 +57,7 @@ def test_predict_uses_the_walked_trees_and_gives_what_xgboost_gives(monkeypatch:
     booster.set_attr(best_iteration="21")  # predict stops at the best iteration
     x = _rows(300, 12, seed=9)
     walked = ranker.fast_trees(booster)
-    assert walked is not None and len(walked.roots) == 22
+    assert walked is not None and walked.n_trees == 22
     fast = ranker.predict(booster, x)
     monkeypatch.setattr(trees, "MAX_ROWS", 0)  # XGBoost predicts
     assert np.array_equal(fast, ranker.predict(booster, x))
@@ -74,20 +74,37 @@ def test_models_the_kernel_does_not_walk_are_left_to_xgboost() -> None:
     assert np.array_equal(ranker.predict(booster, x), booster.inplace_predict(x).astype(np.float32))
 
 
-def test_the_kernel_refuses_nodes_that_do_not_lead_to_a_leaf() -> None:
+def test_trees_are_completed_to_the_deepest_leaf() -> None:
+    """A tree shallower than the deepest repeats its leaves: the margins do not change."""
+    native_or_skip()
+    booster = _booster(rounds=8, max_depth=0, max_leaves=5, grow_policy="lossguide")  # uneven depths
+    walked = trees.for_booster(booster, 8)
+    assert walked is not None and walked.depth >= 3
+    depths = {trees._depth(t["left_children"], t["right_children"]) for t in _json_trees(booster)}
+    assert len(depths) > 1 or min(depths) < walked.depth  # some leaf sits above the deepest level
+    x = _rows(500, 12, seed=4)
+    assert np.array_equal(walked.margins(x), booster.inplace_predict(x).astype(np.float32))
+
+
+def _json_trees(booster: xgb.Booster) -> list[dict[str, object]]:
+    import json
+
+    return json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
+
+
+def test_the_kernel_refuses_arrays_that_do_not_fit() -> None:
     native = native_or_skip()
     walked = trees.for_booster(_booster(rounds=3), 3)
     assert walked is not None
     x = _rows(4, 12, seed=1)
     out = np.zeros(4, dtype=np.float32)
-    looping = walked.nodes.copy()
-    split = int(np.flatnonzero(looping["left"] != -1)[0])
-    looping["left"][split] = split  # a node that points to itself would never end
-    with pytest.raises(ValueError, match="not a split"):
-        native.tree_margins(looping, walked.roots, x, 12, out)
-    with pytest.raises(ValueError, match="not a split"):
-        native.tree_margins(walked.nodes, walked.roots, x[:, :5].copy(), 5, np.zeros(4, np.float32))
-    with pytest.raises(ValueError, match="root"):
-        native.tree_margins(walked.nodes, np.array([len(walked.nodes)], np.int32), x, 12, out)
-    with pytest.raises(ValueError, match="16-byte nodes"):
-        native.tree_margins(walked.nodes, walked.roots, x, 12, np.zeros(3, np.float32))
+    used = int(walked.splits["feature"].max() & 0x7FFFFFFF)
+    narrow = np.ascontiguousarray(x[:, :used])
+    with pytest.raises(ValueError, match="feature x does not have"):
+        native.tree_margins(walked.splits, walked.leaves, walked.depth, narrow, used, out)
+    with pytest.raises(ValueError, match="2\\^depth"):
+        native.tree_margins(walked.splits, walked.leaves[:-1], walked.depth, x, 12, out)
+    with pytest.raises(ValueError, match="2\\^depth"):
+        native.tree_margins(walked.splits, walked.leaves, walked.depth, x, 12, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="depth 1 to 16"):
+        native.tree_margins(walked.splits, walked.leaves, 0, x, 12, out)
