@@ -14,6 +14,7 @@ trees per round, more than ``MAX_DEPTH`` levels) or the extension is missing, it
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from numpy.typing import NDArray
 
 from pipelines.native import kernels
 
+log = logging.getLogger(__name__)
 MAX_ROWS = 4096  # more rows (offline evaluation): XGBoost's own threads are faster
 _cache: weakref.WeakKeyDictionary[Any, dict[int, Trees | None]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -154,7 +156,9 @@ def for_booster(booster: Any, n_trees: int) -> Trees | None:
                 trees.margins(x, margin),
                 booster.inplace_predict(x, iteration_range=rounds, base_margin=margin).astype(np.float32),
             )
-            trees = trees if same else None
+            if not same:
+                log.warning("the C tree walk differs from XGBoost on this model's probe rows: XGBoost predicts")
+                trees = None
     with _lock:
         per_booster[n_trees] = trees
     return trees

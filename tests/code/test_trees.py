@@ -108,3 +108,22 @@ def test_the_kernel_refuses_arrays_that_do_not_fit() -> None:
         native.tree_margins(walked.splits, walked.leaves, walked.depth, x, 12, np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="depth 1 to 16"):
         native.tree_margins(walked.splits, walked.leaves, 0, x, 12, out)
+
+
+def test_a_walk_that_differs_from_xgboost_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    native_or_skip()
+    booster = _booster(rounds=5)
+    real = trees.Trees.margins
+
+    def off_by_one_ulp(self: trees.Trees, x: np.ndarray, base_margin: np.ndarray | None = None) -> np.ndarray:
+        out = real(self, x, base_margin)
+        return np.nextafter(out, np.float32(np.inf))
+
+    monkeypatch.setattr(trees.Trees, "margins", off_by_one_ulp)
+    with caplog.at_level("WARNING", logger="training.trees"):
+        assert trees.for_booster(booster, 5) is None
+    assert "differs from XGBoost" in caplog.text
+    x = _rows(20, 12, seed=2)
+    assert np.array_equal(ranker.predict(booster, x), booster.inplace_predict(x).astype(np.float32))
