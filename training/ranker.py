@@ -296,8 +296,7 @@ def predict(
     """The booster's output (up to its best iteration): scores for a ranking objective,
     probabilities for the logistic one. :func:`probability` turns either into probabilities.
     ``margin``: the prior's margin of ``x``, when already computed (else from ``prior``)."""
-    best = getattr(booster, "best_iteration", None)
-    rounds = (0, best + 1) if best is not None else (0, 0)
+    rounds = (0, used_trees(booster))
     margin = prior_margin(x, prior) if margin is None else margin
     walked = fast_trees(booster) if len(x) <= trees.MAX_ROWS else None
     if walked is not None:  # the same margins as XGBoost's, without its fixed cost per call
@@ -307,12 +306,18 @@ def predict(
     return booster.inplace_predict(x, iteration_range=rounds, base_margin=margin).astype(np.float32)
 
 
-def fast_trees(booster: Any) -> trees.Trees | None:
-    """The trees :func:`predict` uses (up to the best iteration) walked by the C kernel, built
-    and checked against XGBoost on the first call (the service calls this as it loads a
-    model); None where XGBoost predicts (see :mod:`training.trees`)."""
+def used_trees(booster: Any) -> int:
+    """How many of the booster's trees its predictions use: up to the best iteration of early
+    stopping, else all."""
     best = getattr(booster, "best_iteration", None)
-    return trees.for_booster(booster, best + 1 if best is not None else booster.num_boosted_rounds())
+    return best + 1 if best is not None else int(booster.num_boosted_rounds())
+
+
+def fast_trees(booster: Any) -> trees.Trees | None:
+    """The trees :func:`predict` uses walked by the C kernel, built and checked against XGBoost
+    on the first call (the service calls this as it loads a model); None where XGBoost predicts
+    (see :mod:`training.trees`)."""
+    return trees.for_booster(booster, used_trees(booster))
 
 
 def contributions(booster: Any, x: NDArray[np.float32], prior: dict[str, Any] | None = None) -> NDArray[np.float32]:
@@ -320,8 +325,7 @@ def contributions(booster: Any, x: NDArray[np.float32], prior: dict[str, Any] | 
     includes the stacking prior's blend)."""
     import xgboost as xgb
 
-    best = getattr(booster, "best_iteration", None)
-    rounds = (0, best + 1) if best is not None else (0, 0)
+    rounds = (0, used_trees(booster))
     data = xgb.DMatrix(x, feature_names=FEATURES)
     margin = prior_margin(x, prior)
     if margin is not None:

@@ -58,9 +58,18 @@ def test_predict_uses_the_walked_trees_and_gives_what_xgboost_gives(monkeypatch:
     x = _rows(300, 12, seed=9)
     walked = ranker.fast_trees(booster)
     assert walked is not None and walked.n_trees == 22
+    walks = []
+    real = trees.Trees.margins
+
+    def counted(self: trees.Trees, *args: object) -> np.ndarray:
+        walks.append(self.n_trees)
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trees.Trees, "margins", counted)
     fast = ranker.predict(booster, x)
+    assert walks == [22]  # the walk answered, with the trees up to the best iteration
     monkeypatch.setattr(trees, "MAX_ROWS", 0)  # XGBoost predicts
-    assert np.array_equal(fast, ranker.predict(booster, x))
+    assert np.array_equal(fast, ranker.predict(booster, x)) and walks == [22]
     assert not np.array_equal(fast, booster.inplace_predict(x).astype(np.float32))  # all 30 trees differ
 
 
@@ -80,13 +89,13 @@ def test_trees_are_completed_to_the_deepest_leaf() -> None:
     booster = _booster(rounds=8, max_depth=0, max_leaves=5, grow_policy="lossguide")  # uneven depths
     walked = trees.for_booster(booster, 8)
     assert walked is not None and walked.depth >= 3
-    depths = {trees._depth(t["left_children"], t["right_children"]) for t in _json_trees(booster)}
-    assert len(depths) > 1 or min(depths) < walked.depth  # some leaf sits above the deepest level
+    shallowest = min(trees.leaf_depths(t["left_children"], t["right_children"])[0] for t in _json_trees(booster))
+    assert shallowest < walked.depth  # some leaf sits above the deepest level: it is repeated
     x = _rows(500, 12, seed=4)
     assert np.array_equal(walked.margins(x), booster.inplace_predict(x).astype(np.float32))
 
 
-def _json_trees(booster: xgb.Booster) -> list[dict[str, object]]:
+def _json_trees(booster: xgb.Booster) -> list[dict[str, list[int]]]:
     import json
 
     return json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
