@@ -164,15 +164,13 @@ class Lake:
             written = list(pool.map(lambda job: self._write(job[3](), job[2]), jobs))
         wrote = False
         for (target, key, _, _), result in zip(jobs, written, strict=True):
-            counted = target is new.partitions
             if result is None:  # a partition built empty: removed
                 target.pop(key, None)
-                if counted:
-                    new.rows.pop(key, None)
+                new.rows.pop(key, None)  # (a table's name is never a date)
                 continue
             relative, was_new, n_rows = result
             target[key] = relative
-            if counted:
+            if target is new.partitions:
                 new.rows[key] = n_rows
             wrote |= was_new
         if new.partitions == current.partitions and new.tables == current.tables:
@@ -184,7 +182,7 @@ class Lake:
             "version": new.version,
             "partitions": dict(sorted(new.partitions.items())),
             "tables": dict(sorted(new.tables.items())),
-            "rows": {date: new.rows[date] for date in sorted(new.partitions) if date in new.rows},
+            "rows": dict(sorted(new.rows.items())),
         }
         tmp = self.root / f"{self.manifest_name}.tmp"
         with open(tmp, "w") as f:
@@ -234,9 +232,9 @@ class Lake:
         keep = set().union(
             *(Lake(self.root, name).manifest().files() for name in (MANIFEST, STAGE) if (self.root / name).exists())
         )
-        # One bottom-up walk (os.walk, not pathlib's rglob: a lake of thousands of dates has as
-        # many folders, and rglob took ~0.4 ms per folder): unnamed files go, then the folders
-        # left empty.
+        # One bottom-up walk (os.walk): unnamed files go, then the folders left empty. A lake has
+        # a folder per date, and three pathlib globs over MovieLens's 4,114 took 1.1 s of an
+        # ingest (cProfile, once).
         root = str(self.root)
         for folder, subfolders, files in os.walk(root, topdown=False):
             relative = os.path.relpath(folder, root)
