@@ -4,8 +4,8 @@ The floor, measured in the same process: read the same raw files with pyarrow's 
 readers (JSON lines, CSV, TSV) and write the same number of rows as parquet. pyarrow's JSON
 reader stops at the first malformed line, so the floor reads a copy of the web logs with those
 lines removed (prepared untimed): every advantage goes to the floor. After one untimed round
-(page cache, imports), the floor and the ingest alternate; the figures are the medians of each, and each ingest's ratio to the floor run just
-before it is kept too (``pair_ratios``).
+(page cache, imports), the floor and the ingest alternate; the figures are the medians of
+each, and each ingest's ratio to the floor run just before it is kept too (``pair_ratios``).
 
     make bench-ingest          # or: python -m bench.ingest --events 1000000 --repeats 5
 """

@@ -178,12 +178,13 @@ def serving(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _row(name: str, target: str, now: str, met: bool, every_seed: bool = True, caveat: str = "") -> str:
-    """One target row; ``every_seed`` False marks a target the shipped re-ranker meets but
-    another of its seeds does not; ``caveat`` qualifies any other "yes"."""
-    verdict = ("yes" if every_seed else "yes, not with every re-ranker seed") if met else "no"
-    if met and caveat:
-        verdict = f"yes, {caveat}"
+NOT_EVERY_SEED = "not with every re-ranker seed"
+
+
+def _row(name: str, target: str, now: str, met: bool, caveat: str = "") -> str:
+    """One target row; ``caveat`` qualifies a "yes" (a seed of the re-ranker, or single pairs
+    of the ingest benchmark, that miss it)."""
+    verdict = (f"yes, {caveat}" if caveat else "yes") if met else "no"
     return f"| {name} | {target} | {now} | {verdict} |"
 
 
@@ -244,7 +245,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
                     "VAE + re-ranker above EASE/ItemKNN on NDCG@20",
                     f"{ours:.4f} vs {baseline} {theirs:.4f} ({ours / theirs - 1:+.1%}{noise})",
                     ours > theirs,
-                    all(v > theirs for v in seeds.values()),
+                    "" if all(v > theirs for v in seeds.values()) else NOT_EVERY_SEED,
                 )
             )
         lift = (
@@ -266,7 +267,7 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
                     ">= +10% for persons with <= 5 book events",
                     f"{lift:+.1%}" + (f" ({'; '.join(notes)})" if notes else ""),
                     lift >= 0.1,
-                    all(v >= 0.1 for v in seeds.values()),
+                    "" if all(v >= 0.1 for v in seeds.values()) else NOT_EVERY_SEED,
                 )
             )
     if "serving" in results:
