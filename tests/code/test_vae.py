@@ -12,7 +12,17 @@ from torch.distributions import Multinomial, Normal
 from torch.distributions import kl_divergence as torch_kl
 
 from training.trainer import TrainConfig, fit, infer
-from training.vae import PAD, AttentionVAE, VAEConfig, gap_bucket, kl_divergence, vae_loss
+from training.vae import (
+    PAD,
+    AttentionVAE,
+    Dropout,
+    EncoderLayer,
+    VAEConfig,
+    dropout,
+    gap_bucket,
+    kl_divergence,
+    vae_loss,
+)
 
 CONFIG = VAEConfig(
     n_items=30,
@@ -190,3 +200,75 @@ def test_beta_reaches_its_maximum_after_the_anneal_epochs_whatever_the_data_size
     assert betas[0] == pytest.approx(0.8 * (steps - 1) / (2 * steps))
     assert betas[1] == pytest.approx(0.8 * (2 * steps - 1) / (2 * steps))
     assert betas[2] == pytest.approx(0.8)
+
+
+def _stock_and_ours(p: float) -> tuple[torch.nn.TransformerEncoderLayer, EncoderLayer]:
+    torch.manual_seed(3)
+    stock = torch.nn.TransformerEncoderLayer(16, 2, 32, p, batch_first=True, norm_first=True)
+    ours = EncoderLayer(16, 2, 32, p)
+    ours.load_state_dict(stock.state_dict())  # the same parameters under the same names
+    return stock, ours
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_encoder_layer_computes_torchs_layer(training: bool) -> None:
+    """Without dropout, the layer's written-out training path is torch's layer (outputs and
+    gradients, padding masked); out of training it is torch's layer itself, bit for bit."""
+    stock, ours = _stock_and_ours(0.0)
+    x = torch.randn(5, 7, 16, generator=torch.Generator().manual_seed(1))
+    padding = torch.zeros(5, 7, dtype=torch.bool)
+    padding[0, 2:] = True
+    padding[3, 5:] = True
+    outputs, grads = [], []
+    for layer in (stock, ours):
+        layer.train(training)
+        with torch.set_grad_enabled(training):
+            x_in = x.clone().requires_grad_(training)
+            out = layer(x_in, src_key_padding_mask=padding)
+            outputs.append(out.detach())
+            if training:
+                (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+                grads.append([x_in.grad] + [p.grad for p in layer.parameters()])
+    if training:
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+        for ours_grad, stock_grad in zip(grads[1], grads[0], strict=True):
+            torch.testing.assert_close(ours_grad, stock_grad, rtol=1e-4, atol=1e-6)
+    else:
+        assert torch.equal(outputs[1], outputs[0])
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_follows_torchs_seed() -> None:
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.3)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.002  # 1M draws: the standard error is 0.00046
+    assert torch.equal(y[kept], torch.full((int(kept.sum()),), np.float32(1 / 0.7)))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient is the mask
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.3), y)  # torch's seed decides the mask
+    assert not torch.equal(dropout(x, 0.3), y)
+    assert torch.equal(dropout(x, 0.0), x) and torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_the_model_uses_the_fast_dropouts_and_keeps_torchs_state_dict_names() -> None:
+    model = AttentionVAE(replace(CONFIG, dropout=0.2))
+    stock = torch.nn.TransformerEncoderLayer(16, 2, 32, 0.2, batch_first=True, norm_first=True)
+    layer = model.encoder.layers[0]
+    assert isinstance(layer, EncoderLayer)
+    assert {n for n, _ in layer.named_parameters()} == {n for n, _ in stock.named_parameters()}
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(isinstance(m, Dropout) for m in dropouts)
+    assert layer.self_attn.dropout == 0.2  # the attention weights' dropout, applied by EncoderLayer
+
+
+def test_encoder_layer_drops_attention_weights_while_training() -> None:
+    _, ours = _stock_and_ours(0.5)
+    for module in (ours.dropout, ours.dropout1, ours.dropout2):
+        module.p = 0.0  # only the attention weights' dropout is left
+    x = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(2))
+    ours.train()
+    dropped = ours(x)
+    ours.self_attn.dropout = 0.0
+    assert not torch.allclose(ours(x), dropped)
