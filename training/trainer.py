@@ -14,7 +14,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from training.metrics import ndcg_at_k, top_k
-from training.vae import AttentionVAE, VAEConfig, vae_loss
+from training.vae import PAD, AttentionVAE, VAEConfig, vae_loss
 
 log = logging.getLogger(__name__)
 INPUTS = ("items", "actions", "platforms", "gaps", "bag")  # "bag" is optional
@@ -66,17 +66,28 @@ def infer(
     if 0 < n <= batch_size:  # one batch (the service: one person): no slicing, no concatenation
         mu, _, w = model.encode(*_tensors(inputs))
         return model.decode(mu).numpy(), mu.numpy(), w.numpy()
-    logits, mus, weights = [], [], []
-    for lo in range(0, n, batch_size):
-        rows = np.arange(lo, min(n, lo + batch_size))
-        mu, _, w = model.encode(*_tensors(inputs, rows))
-        logits.append(model.decode(mu).numpy())
-        mus.append(mu.numpy())
-        weights.append(w.numpy())
-    if not logits:
+    if n == 0:
         d = model.config
         return np.zeros((0, d.n_items), np.float32), np.zeros((0, d.d_latent), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(logits), np.concatenate(mus), np.concatenate(weights)
+    # Persons in order of sequence length, each batch cut to its longest sequence: padding is
+    # masked out of attention and pooling (a padded slot's weight is exactly 0), and attention's
+    # cost grows with the square of the length. On the default synthetic data (sequences 42%
+    # filled on average) validation took half the time.
+    lengths = (inputs["items"] != PAD).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    t = inputs["items"].shape[1]
+    logits = np.empty((n, model.config.n_items), np.float32)
+    mus = np.empty((n, model.config.d_latent), np.float32)
+    weights = np.zeros((n, t), np.float32)
+    for lo in range(0, n, batch_size):
+        rows = order[lo : lo + batch_size]
+        cut = max(1, int(lengths[rows].max()))
+        batch = [x[:, :cut] if name != "bag" else x for name, x in zip(INPUTS, _tensors(inputs, rows), strict=False)]
+        mu, _, w = model.encode(*batch)
+        logits[rows] = model.decode(mu).numpy()
+        mus[rows] = mu.numpy()
+        weights[rows, :cut] = w.numpy()
+    return logits, mus, weights
 
 
 def validation_ndcg(
