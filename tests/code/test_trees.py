@@ -136,3 +136,23 @@ def test_a_walk_that_differs_from_xgboost_is_not_used(
     assert "differs from XGBoost" in caplog.text
     x = _rows(20, 12, seed=2)
     assert np.array_equal(ranker.predict(booster, x), booster.inplace_predict(x).astype(np.float32))
+
+
+def test_the_trees_a_prediction_uses_are_read_from_the_booster_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best iteration is read through XGBoost's C API once per booster, not per request."""
+    booster = _booster(rounds=12)
+    booster.set_attr(best_iteration="7")
+    reads = []
+    real = xgb.Booster.attr
+
+    def counted(self: xgb.Booster, key: str) -> str | None:
+        reads.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(xgb.Booster, "attr", counted)
+    x = _rows(50, 12, seed=4)
+    first = ranker.predict(booster, x)
+    assert ranker.used_trees(booster) == 8 and reads == ["best_iteration"]
+    assert np.array_equal(ranker.predict(booster, x), first) and reads == ["best_iteration"]
+    other = _booster(rounds=12)  # another booster, without a best iteration: all its trees
+    assert ranker.used_trees(other) == 12 and len(reads) == 2
