@@ -272,3 +272,29 @@ def test_encoder_layer_drops_attention_weights_while_training() -> None:
     dropped = ours(x)
     ours.self_attn.dropout = 0.0
     assert not torch.allclose(ours(x), dropped)
+
+
+def test_infer_in_length_order_gives_each_persons_own_outputs() -> None:
+    """Batches of persons sorted by length and cut to their longest sequence give every person
+    (in the input order) what the module gives that person alone."""
+    torch.manual_seed(0)
+    model = AttentionVAE(replace(CONFIG, d_bag=8)).eval()
+    g = torch.Generator().manual_seed(5)
+    b, t = 23, 9
+    lengths = torch.randint(0, t + 1, (b,), generator=g)
+    items = torch.randint(2, CONFIG.n_items + 2, (b, t), generator=g)
+    items[torch.arange(t)[None, :] >= lengths[:, None]] = PAD
+    inputs = {
+        "items": items.numpy(),
+        "actions": torch.randint(1, 11, (b, t), generator=g).numpy(),
+        "platforms": torch.randint(2, 5, (b, t), generator=g).numpy(),
+        "gaps": (torch.rand(b, t, generator=g) * 1e5).numpy(),
+        "bag": items.numpy(),
+    }
+    logits, mu, weights = infer(model, inputs, batch_size=4)
+    assert (weights[inputs["items"] == PAD] == 0).all()
+    for r in range(b):
+        alone = infer(model, {k: v[r : r + 1] for k, v in inputs.items()})
+        np.testing.assert_allclose(logits[r], alone[0][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(mu[r], alone[1][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(weights[r], alone[2][0], rtol=1e-5, atol=1e-6)
