@@ -8,7 +8,11 @@
  *   events that come without an id by the BLAKE2b digest of their content
  *   (pipelines.contract.content_ids); hashing row by row in Python was the largest cost of an
  *   ingest that the GIL serialised. This is the compression function of RFC 7693, unkeyed,
- *   with a 16-byte digest.
+ *   with a 16-byte digest; rows that fit one block go four at a time through AVX2 where the CPU
+ *   has it (the same digests).
+ * - json_lines: plain JSON object lines (the web clickstream) as typed columns, exactly as
+ *   pyarrow.json reads them, or None when a line holds anything else (the caller then lets
+ *   pyarrow read the file): pipelines.adapters.base.read_jsonl_table.
  * - hmac_sha256: for each string s, hmac.new(key, prefix + s, sha256).digest(), cut to a
  *   length: the keyed pseudonyms of users and persons (pipelines.identity.Pseudonymiser),
  *   SHA-256 as FIPS 180-4 defines it, with the x86 SHA extensions where the CPU has them.
@@ -27,7 +31,7 @@
  *   repeated event ids (pipelines.ingest._repeated), where equal strings must hash alike and
  *   nothing more.
  *
- * tests/code/test_fast_paths.py checks them against hashlib, hmac and a Python hash64. The module
+ * tests/code/test_fast_paths.py checks them against hashlib, hmac, a Python hash64 and pyarrow.json. The module
  * is optional (pipelines.native): without a C compiler at install, ingest computes the same
  * values in Python and numpy, more slowly.
  */
@@ -597,6 +601,66 @@ done:
     return result;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_BLAKE2B_AVX2 1
+/* BLAKE2b-128 of four messages of at most one block each (lengths[j] bytes of blocks[j], zero
+ * beyond), one message per 64-bit lane of AVX2 vectors: the same compression as compress() with
+ * the counter at each length and the final flag set, four at a time. */
+__attribute__((target("avx2"))) static void blake2b_128_one_block_x4(uint8_t blocks[4][128], const uint64_t lengths[4],
+                                                                      uint8_t digests[4][16]) {
+    const __m256i r16 = _mm256_setr_epi8(2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9, 2, 3, 4, 5, 6, 7, 0, 1,
+                                         10, 11, 12, 13, 14, 15, 8, 9);
+    const __m256i r24 = _mm256_setr_epi8(3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10, 3, 4, 5, 6, 7, 0, 1, 2,
+                                         11, 12, 13, 14, 15, 8, 9, 10);
+    __m256i m[16], v[16];
+    for (int i = 0; i < 16; i++)
+        m[i] = _mm256_set_epi64x((long long)load64(blocks[3] + 8 * i), (long long)load64(blocks[2] + 8 * i),
+                                 (long long)load64(blocks[1] + 8 * i), (long long)load64(blocks[0] + 8 * i));
+    uint64_t h0[8];
+    memcpy(h0, IV, sizeof h0);
+    h0[0] ^= 0x01010000ULL ^ 16ULL; /* the parameter block of an unkeyed 16-byte digest */
+    for (int i = 0; i < 8; i++) {
+        v[i] = _mm256_set1_epi64x((long long)h0[i]);
+        v[i + 8] = _mm256_set1_epi64x((long long)IV[i]);
+    }
+    v[12] = _mm256_xor_si256(v[12], _mm256_set_epi64x((long long)lengths[3], (long long)lengths[2],
+                                                      (long long)lengths[1], (long long)lengths[0]));
+    v[14] = _mm256_xor_si256(v[14], _mm256_set1_epi64x(-1)); /* the last block */
+#define G4(a, b, c, d, x, y)                                                                         \
+    do {                                                                                             \
+        a = _mm256_add_epi64(_mm256_add_epi64(a, b), x);                                             \
+        d = _mm256_shuffle_epi32(_mm256_xor_si256(d, a), _MM_SHUFFLE(2, 3, 0, 1));                   \
+        c = _mm256_add_epi64(c, d);                                                                  \
+        b = _mm256_shuffle_epi8(_mm256_xor_si256(b, c), r24);                                        \
+        a = _mm256_add_epi64(_mm256_add_epi64(a, b), y);                                             \
+        d = _mm256_shuffle_epi8(_mm256_xor_si256(d, a), r16);                                        \
+        c = _mm256_add_epi64(c, d);                                                                  \
+        b = _mm256_xor_si256(b, c);                                                                  \
+        b = _mm256_or_si256(_mm256_srli_epi64(b, 63), _mm256_add_epi64(b, b));                       \
+    } while (0)
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = SIGMA[r % 10];
+        G4(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
+        G4(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
+        G4(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
+        G4(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
+        G4(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
+        G4(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
+        G4(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
+        G4(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
+    }
+#undef G4
+    uint64_t words[2][4];
+    for (int i = 0; i < 2; i++) {
+        __m256i h = _mm256_xor_si256(_mm256_set1_epi64x((long long)h0[i]), _mm256_xor_si256(v[i], v[i + 8]));
+        _mm256_storeu_si256((__m256i *)words[i], h);
+    }
+    for (int j = 0; j < 4; j++)
+        for (int i = 0; i < 2; i++)
+            for (int b = 0; b < 8; b++) digests[j][8 * i + b] = (uint8_t)(words[i][j] >> (8 * b));
+}
+#endif
+
 #define MAX_FIELDS 32
 
 /* blake2b_128_joined(fields, separator, null) -> bytes: for each row i, the BLAKE2b-128 of the
@@ -644,9 +708,56 @@ static PyObject *blake2b_128_joined(PyObject *self, PyObject *args) {
     result = PyBytes_FromStringAndSize(NULL, 16 * n);
     if (result == NULL) goto done;
     uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+#ifdef HAVE_BLAKE2B_AVX2
+    static int avx2 = -1; /* asked once; the GIL is held here */
+    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+#endif
     Py_BEGIN_ALLOW_THREADS
     stream st;
+#ifdef HAVE_BLAKE2B_AVX2
+    /* Rows whose joined fields fit one block (nearly all): four at a time, one per 64-bit lane. */
+    uint8_t lanes[4][128];
+    uint64_t lengths[4];
+    Py_ssize_t rows[4];
+    int filled = 0;
+#endif
     for (Py_ssize_t i = 0; i < n; i++) {
+#ifdef HAVE_BLAKE2B_AVX2
+        if (avx2) {
+            size_t length = 0;
+            int fits = 1;
+            for (Py_ssize_t f = 0; f < k && fits; f++) {
+                const uint8_t *piece;
+                size_t size;
+                if (has_valid[f] && !((const uint8_t *)valid[f].buf)[i]) {
+                    piece = (const uint8_t *)null.buf, size = (size_t)null.len;
+                } else {
+                    const int64_t *off = (const int64_t *)offsets[f].buf;
+                    piece = (const uint8_t *)data[f].buf + off[i], size = (size_t)(off[i + 1] - off[i]);
+                }
+                size_t with_separator = size + (f > 0 ? (size_t)separator.len : 0);
+                if (length + with_separator > 128) {
+                    fits = 0;
+                    break;
+                }
+                if (f > 0) memcpy(lanes[filled] + length, separator.buf, (size_t)separator.len);
+                memcpy(lanes[filled] + length + (with_separator - size), piece, size);
+                length += with_separator;
+            }
+            if (fits) {
+                memset(lanes[filled] + length, 0, 128 - length);
+                lengths[filled] = length;
+                rows[filled++] = i;
+                if (filled == 4) {
+                    uint8_t digests[4][16];
+                    blake2b_128_one_block_x4(lanes, lengths, digests);
+                    for (int j = 0; j < 4; j++) memcpy(out + 16 * rows[j], digests[j], 16);
+                    filled = 0;
+                }
+                continue;
+            }
+        }
+#endif
         stream_init(&st);
         for (Py_ssize_t f = 0; f < k; f++) {
             if (f > 0) stream_update(&st, (const uint8_t *)separator.buf, (size_t)separator.len);
@@ -659,6 +770,13 @@ static PyObject *blake2b_128_joined(PyObject *self, PyObject *args) {
         }
         stream_final(&st, out + 16 * i);
     }
+#ifdef HAVE_BLAKE2B_AVX2
+    for (int j = 0; j < filled; j++) { /* the last few, one at a time */
+        stream_init(&st);
+        stream_update(&st, lanes[j], (size_t)lengths[j]);
+        stream_final(&st, out + 16 * rows[j]);
+    }
+#endif
     Py_END_ALLOW_THREADS
 done:
     for (Py_ssize_t f = 0; f < got; f++) {
@@ -673,6 +791,410 @@ done:
 }
 
 
+
+/* json_lines(data, starts, ends, names, kinds) -> list | None: the JSON objects at
+ * data[starts[i]:ends[i]] (one per line, each from its '{' to its '}'), as columns: for each
+ * name, its values in every row, typed by kinds (one byte per name: 's' string, 'i' int64,
+ * 'f' float64), null where the key is absent or null. The rows may only hold what this
+ * parser reads exactly as pyarrow.json does (the adapters' readers check it against pyarrow):
+ * keys without escapes; strings of valid UTF-8 with JSON's escapes (surrogate pairs joined);
+ * numbers without an exponent, an int64 column's of at most 18 digits and no fraction, a
+ * float64 column's of at most 17 digits, converted by strtod (correctly rounded, as Arrow's
+ * own conversion); true, false, null and numbers or strings for keys not named; each name at
+ * most once per object. For anything else (nested values, exponents, a type other than the
+ * column's, a second object on the line, or invalid JSON) it returns None, and the caller
+ * parses the file with pyarrow. For each name: a string column's (int32 offsets, bytes,
+ * valid), a number column's (values, None, valid); valid is a byte per row, or None when no
+ * row is null. */
+typedef struct {
+    uint8_t *buf;
+    size_t len, cap;
+} growable;
+
+static int grow(growable *g, size_t more) {
+    if (g->len + more <= g->cap) return 0;
+    size_t cap = g->cap ? g->cap : (size_t)1 << 16;
+    while (cap < g->len + more) cap *= 2;
+    uint8_t *p = (uint8_t *)PyMem_RawRealloc(g->buf, cap);
+    if (p == NULL) return -1;
+    g->buf = p;
+    g->cap = cap;
+    return 0;
+}
+
+enum { JSON_OK = 0, JSON_OTHER = 1, JSON_NO_MEMORY = 2 };
+
+static inline const uint8_t *json_ws(const uint8_t *p, const uint8_t *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r')) p++;
+    return p;
+}
+
+static inline int hex4(const uint8_t *p, const uint8_t *end, uint32_t *out) {
+    if (end - p < 4) return 0;
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        uint8_t c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* The length of the valid UTF-8 sequence (2 to 4 bytes) at p, or 0 (Unicode's Table 3-7). */
+static inline int utf8_length(const uint8_t *p, const uint8_t *end) {
+    uint8_t c = p[0];
+    int n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (n == 0 || end - p < n) return 0;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (int i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return n;
+}
+
+/* A string from after its opening quote: its decoded bytes appended to out (if not NULL),
+ * *next set after its closing quote. */
+static int json_string(const uint8_t *p, const uint8_t *end, growable *out, const uint8_t **next) {
+    while (p < end) {
+        const uint8_t *run = p;
+        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\') p++;
+        if (out != NULL && p > run) {
+            if (grow(out, (size_t)(p - run))) return JSON_NO_MEMORY;
+            memcpy(out->buf + out->len, run, (size_t)(p - run));
+            out->len += (size_t)(p - run);
+        }
+        if (p >= end) return JSON_OTHER;
+        uint8_t c = *p, bytes[4];
+        int n = 0;
+        if (c == '"') {
+            *next = p + 1;
+            return JSON_OK;
+        } else if (c == '\\') {
+            if (end - p < 2) return JSON_OTHER;
+            switch (p[1]) {
+                case '"': bytes[0] = '"'; break;
+                case '\\': bytes[0] = '\\'; break;
+                case '/': bytes[0] = '/'; break;
+                case 'b': bytes[0] = '\b'; break;
+                case 'f': bytes[0] = '\f'; break;
+                case 'n': bytes[0] = '\n'; break;
+                case 'r': bytes[0] = '\r'; break;
+                case 't': bytes[0] = '\t'; break;
+                case 'u': break;
+                default: return JSON_OTHER;
+            }
+            if (p[1] != 'u') {
+                n = 1;
+                p += 2;
+            } else {
+                uint32_t cp, low;
+                if (!hex4(p + 2, end, &cp)) return JSON_OTHER;
+                p += 6;
+                if (cp >= 0xDC00 && cp <= 0xDFFF) return JSON_OTHER; /* a low surrogate alone */
+                if (cp >= 0xD800 && cp <= 0xDBFF) {                  /* needs its low half */
+                    if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || !hex4(p + 2, end, &low) || low < 0xDC00 ||
+                        low > 0xDFFF)
+                        return JSON_OTHER;
+                    p += 6;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+                }
+                if (cp < 0x80) {
+                    bytes[n++] = (uint8_t)cp;
+                } else if (cp < 0x800) {
+                    bytes[n++] = (uint8_t)(0xC0 | (cp >> 6));
+                    bytes[n++] = (uint8_t)(0x80 | (cp & 0x3F));
+                } else if (cp < 0x10000) {
+                    bytes[n++] = (uint8_t)(0xE0 | (cp >> 12));
+                    bytes[n++] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+                    bytes[n++] = (uint8_t)(0x80 | (cp & 0x3F));
+                } else {
+                    bytes[n++] = (uint8_t)(0xF0 | (cp >> 18));
+                    bytes[n++] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+                    bytes[n++] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+                    bytes[n++] = (uint8_t)(0x80 | (cp & 0x3F));
+                }
+            }
+        } else if (c < 0x20) {
+            return JSON_OTHER; /* a control character must be escaped */
+        } else {
+            n = utf8_length(p, end);
+            if (n == 0) return JSON_OTHER;
+            memcpy(bytes, p, (size_t)n);
+            p += n;
+        }
+        if (out != NULL) {
+            if (grow(out, (size_t)n)) return JSON_NO_MEMORY;
+            memcpy(out->buf + out->len, bytes, (size_t)n);
+            out->len += (size_t)n;
+        }
+    }
+    return JSON_OTHER;
+}
+
+/* A number without an exponent at p: *next after it, *digits its digits, *fraction whether it
+ * has one. */
+static int json_number(const uint8_t *p, const uint8_t *end, const uint8_t **next, int *digits, int *fraction) {
+    const uint8_t *start = p;
+    if (p < end && *p == '-') p++;
+    if (p >= end) return JSON_OTHER;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    } else {
+        return JSON_OTHER;
+    }
+    *fraction = 0;
+    if (p < end && *p == '.') {
+        p++;
+        const uint8_t *first = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == first) return JSON_OTHER;
+        *fraction = 1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) return JSON_OTHER;
+    *digits = (int)(p - start) - (*start == '-') - *fraction;
+    *next = p;
+    return JSON_OK;
+}
+
+static inline int same_key(const char *name, Py_ssize_t name_len, const uint8_t *key, Py_ssize_t key_len) {
+    if (name_len != key_len) return 0;
+    for (Py_ssize_t i = 0; i < key_len; i++)
+        if ((uint8_t)name[i] != key[i]) return 0;
+    return 1;
+}
+
+#define JSON_MAX_COLUMNS 32
+
+static const double POWERS_OF_TEN[16] = {1e0, 1e1, 1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                         1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+
+static PyObject *json_lines(PyObject *self, PyObject *args) {
+    Py_buffer data, starts, ends, kinds;
+    PyObject *names_obj;
+    if (!PyArg_ParseTuple(args, "y*y*y*Oy*", &data, &starts, &ends, &names_obj, &kinds)) return NULL;
+    PyObject *result = NULL, *names = PySequence_Fast(names_obj, "names: a sequence of bytes");
+    const char *name[JSON_MAX_COLUMNS];
+    Py_ssize_t name_len[JSON_MAX_COLUMNS];
+    growable column[JSON_MAX_COLUMNS];    /* a string column's bytes, a number column's values */
+    int64_t *offsets[JSON_MAX_COLUMNS];   /* a string column's ends (int32 once checked) */
+    uint8_t *valid[JSON_MAX_COLUMNS];
+    Py_ssize_t nulls[JSON_MAX_COLUMNS];
+    Py_ssize_t k = 0, n = starts.len / 8;
+    memset(column, 0, sizeof column);
+    memset(offsets, 0, sizeof offsets);
+    memset(valid, 0, sizeof valid);
+    memset(nulls, 0, sizeof nulls);
+    if (names == NULL) goto done;
+    k = PySequence_Fast_GET_SIZE(names);
+    const char *kind = (const char *)kinds.buf;
+    if (k < 1 || k > JSON_MAX_COLUMNS || kinds.len != k || starts.len % 8 || ends.len != starts.len) {
+        PyErr_Format(PyExc_ValueError, "json_lines: 1 to %d names, a kind for each, int64 starts and ends alike",
+                     JSON_MAX_COLUMNS);
+        k = 0;
+        goto done;
+    }
+    const int64_t *start = (const int64_t *)starts.buf, *stop = (const int64_t *)ends.buf;
+    for (Py_ssize_t f = 0; f < k; f++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(names, f);
+        if (!PyBytes_Check(item) || (kind[f] != 's' && kind[f] != 'i' && kind[f] != 'f')) {
+            PyErr_SetString(PyExc_ValueError, "json_lines: names are bytes, kinds 's', 'i' or 'f'");
+            goto done;
+        }
+        name[f] = PyBytes_AS_STRING(item);
+        name_len[f] = PyBytes_GET_SIZE(item);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (start[i] < 0 || start[i] >= stop[i] || stop[i] > data.len) {
+            PyErr_Format(PyExc_ValueError, "json_lines: line %zd is not a range of data", i);
+            goto done;
+        }
+    }
+    int status = JSON_OK;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t f = 0; f < k && status == JSON_OK; f++) {
+        valid[f] = (uint8_t *)PyMem_RawMalloc((size_t)(n > 0 ? n : 1));
+        if (kind[f] == 's') offsets[f] = (int64_t *)PyMem_RawMalloc(sizeof(int64_t) * (size_t)(n + 1));
+        if (valid[f] == NULL || (kind[f] == 's' && offsets[f] == NULL) || (kind[f] != 's' && grow(&column[f], 8 * (size_t)n)))
+            status = JSON_NO_MEMORY;
+        if (offsets[f] != NULL) offsets[f][0] = 0;
+    }
+    const uint8_t *bytes = (const uint8_t *)data.buf;
+    for (Py_ssize_t i = 0; i < n && status == JSON_OK; i++) {
+        const uint8_t *p = bytes + start[i], *end = bytes + stop[i];
+        for (Py_ssize_t f = 0; f < k; f++) valid[f][i] = 2; /* 2: not seen yet */
+        Py_ssize_t next_key = 0;
+        if (*p != '{') {
+            status = JSON_OTHER;
+            break;
+        }
+        p = json_ws(p + 1, end);
+        if (p < end && *p == '}') {
+            p++;
+        } else {
+            for (;;) {
+                if (p >= end || *p != '"') goto other;
+                const uint8_t *key = ++p;
+                while (p < end && *p != '"' && *p != '\\' && *p >= 0x20 && *p < 0x80) p++;
+                if (p >= end || *p != '"') goto other;
+                Py_ssize_t key_len = p - key, f = next_key;
+                p = json_ws(p + 1, end);
+                if (p >= end || *p != ':') goto other;
+                p = json_ws(p + 1, end);
+                if (p >= end) goto other;
+                /* Lines of a log name their keys in the same order: try the name after the last first. */
+                if (!(f < k && same_key(name[f], name_len[f], key, key_len))) {
+                    f = 0;
+                    while (f < k && !same_key(name[f], name_len[f], key, key_len)) f++;
+                }
+                next_key = f < k ? f + 1 : 0;
+                if (f < k && valid[f][i] != 2) goto other; /* a key twice */
+                uint8_t c = *p;
+                if (c == 'n' || c == 't' || c == 'f') {
+                    const char *word = c == 'n' ? "null" : c == 't' ? "true" : "false";
+                    size_t len = strlen(word);
+                    if ((size_t)(end - p) < len || memcmp(p, word, len) != 0) goto other;
+                    if (c != 'n' && f < k) goto other; /* a boolean in a column of strings or numbers */
+                    p += len;
+                    if (f < k) {
+                        valid[f][i] = 0;
+                        if (kind[f] != 's') memset(column[f].buf + 8 * i, 0, 8);
+                    }
+                } else if (c == '"') {
+                    if (f < k && kind[f] != 's') goto other;
+                    int got = json_string(p + 1, end, f < k ? &column[f] : NULL, &p);
+                    if (got != JSON_OK) {
+                        status = got;
+                        break;
+                    }
+                    if (f < k) valid[f][i] = 1;
+                } else if (c == '-' || (c >= '0' && c <= '9')) {
+                    const uint8_t *number = p;
+                    int digits, fraction;
+                    if (json_number(p, end, &p, &digits, &fraction) != JSON_OK || digits > 18) goto other;
+                    if (f < k) {
+                        if (kind[f] == 's') goto other;
+                        if (kind[f] == 'i') {
+                            if (fraction) goto other;
+                            int64_t v = 0;
+                            for (const uint8_t *d = number + (*number == '-'); d < p; d++) v = v * 10 + (*d - '0');
+                            if (*number == '-') v = -v;
+                            memcpy(column[f].buf + 8 * i, &v, 8);
+                        } else {
+                            if (digits > 17) goto other;
+                            double v;
+                            if (digits <= 15) {
+                                /* Clinger's fast path: the digits as an integer below 2**53 and a
+                                 * power of ten up to 10**22 are both exact doubles, so one
+                                 * (correctly rounded) division is the correctly rounded value. */
+                                int64_t m = 0, scale = 0;
+                                for (const uint8_t *d = number + (*number == '-'); d < p; d++) {
+                                    if (*d == '.') {
+                                        scale = p - d - 1;
+                                        continue;
+                                    }
+                                    m = m * 10 + (*d - '0');
+                                }
+                                v = (double)m / POWERS_OF_TEN[scale];
+                                if (*number == '-') v = -v;
+                            } else {
+                                char text[40], *parsed;
+                                size_t len = (size_t)(p - number);
+                                memcpy(text, number, len);
+                                text[len] = '\0';
+                                v = strtod(text, &parsed);
+                                if (parsed != text + len || !isfinite(v)) goto other;
+                            }
+                            memcpy(column[f].buf + 8 * i, &v, 8);
+                        }
+                        valid[f][i] = 1;
+                    }
+                } else {
+                    goto other; /* an object, an array, or not JSON */
+                }
+                p = json_ws(p, end);
+                if (p < end && *p == ',') {
+                    p = json_ws(p + 1, end);
+                    continue;
+                }
+                if (p < end && *p == '}') {
+                    p++;
+                    break;
+                }
+                goto other;
+            }
+            if (status != JSON_OK) break;
+        }
+        if (json_ws(p, end) != end) goto other; /* more than one object on the line */
+        for (Py_ssize_t f = 0; f < k; f++) {
+            if (valid[f][i] == 2) { /* absent: null */
+                valid[f][i] = 0;
+                if (kind[f] != 's') memset(column[f].buf + 8 * i, 0, 8);
+            }
+            nulls[f] += valid[f][i] == 0;
+            if (kind[f] == 's') offsets[f][i + 1] = (int64_t)column[f].len;
+        }
+        continue;
+    other:
+        status = JSON_OTHER;
+    }
+    for (Py_ssize_t f = 0; f < k && status == JSON_OK; f++)
+        if (kind[f] == 's' && column[f].len > INT32_MAX) status = JSON_OTHER;
+    Py_END_ALLOW_THREADS
+    if (status == JSON_NO_MEMORY) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (status == JSON_OTHER) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyList_New(k);
+    for (Py_ssize_t f = 0; result != NULL && f < k; f++) {
+        PyObject *values, *text = Py_NewRef(Py_None), *mask = Py_NewRef(Py_None);
+        if (kind[f] == 's') {
+            values = PyBytes_FromStringAndSize(NULL, 4 * (n + 1));
+            if (values != NULL) {
+                int32_t *o = (int32_t *)PyBytes_AS_STRING(values);
+                for (Py_ssize_t i = 0; i <= n; i++) o[i] = (int32_t)offsets[f][i];
+            }
+            Py_SETREF(text, PyBytes_FromStringAndSize((const char *)column[f].buf, (Py_ssize_t)column[f].len));
+        } else {
+            values = PyBytes_FromStringAndSize((const char *)column[f].buf, 8 * n);
+        }
+        if (nulls[f]) Py_SETREF(mask, PyBytes_FromStringAndSize((const char *)valid[f], n));
+        PyObject *entry = values && text && mask ? PyTuple_Pack(3, values, text, mask) : NULL;
+        Py_XDECREF(values);
+        Py_XDECREF(text);
+        Py_XDECREF(mask);
+        if (entry == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, f, entry);
+    }
+done:
+    for (Py_ssize_t f = 0; f < JSON_MAX_COLUMNS; f++) {
+        PyMem_RawFree(column[f].buf);
+        PyMem_RawFree(offsets[f]);
+        PyMem_RawFree(valid[f]);
+    }
+    Py_XDECREF(names);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&ends);
+    PyBuffer_Release(&kinds);
+    return result;
+}
 
 /* sum_rows(indptr, indices, data, rows, weights, out): out (float32, writable) set to the sum
  * of a CSR matrix's rows (int64 positions), each times its weight (float32, or None for 1),
@@ -923,6 +1445,9 @@ static PyMethodDef METHODS[] = {
      "renumbered by first appearance (each run from a start on its own)."},
     {"repeated64", repeated64, METH_VARARGS,
      "repeated64(hashes, rows) -> bytes: 1 for each of the rows whose uint64 hash another of them has."},
+    {"json_lines", json_lines, METH_VARARGS,
+     "json_lines(data, starts, ends, names, kinds) -> list | None: the JSON object lines' values as columns, or "
+     "None for lines beyond the plain subset it reads exactly as pyarrow.json does."},
     {"sum_rows", sum_rows, METH_VARARGS,
      "sum_rows(indptr, indices, data, rows, weights, out) -> None: out = the weighted sum of a float32 CSR "
      "matrix's rows, in stored order."},

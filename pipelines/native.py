@@ -20,6 +20,10 @@ class Kernels(Protocol):
 
     def hash64(self, data: object, offsets: object) -> bytes: ...
 
+    def json_lines(
+        self, data: object, starts: object, ends: object, names: list[bytes], kinds: bytes
+    ) -> list[tuple[bytes, bytes | None, bytes | None]] | None: ...
+
     def repeated64(self, hashes: object, rows: object) -> bytes: ...
 
     def first_appearance(
@@ -44,6 +48,7 @@ class Kernels(Protocol):
 _KERNELS = (
     "blake2b_128_joined",
     "hash64",
+    "json_lines",
     "repeated64",
     "hmac_sha256",
     "first_appearance",

@@ -35,6 +35,7 @@ from pipelines.contract import (
     dictionary_codes,
     string_buffers,
 )
+from pipelines.native import kernels
 
 Events = pd.DataFrame | pa.Table
 
@@ -132,12 +133,56 @@ def read_jsonl_table(path: Path, schema: pa.Schema, chunk_bytes: int = 64 << 20)
     # in one multi-threaded pass over the file's own buffer.
     for i in bad_idx:
         buffer[starts[i] : ends[i]] = ord(" ")
-    if not (nonempty & looks_ok).any():
+    lines = nonempty & looks_ok
+    if not lines.any():
         table = schema.empty_table()
     else:
-        widest = int((ends - starts).max())
-        table = _parse_json_buffer(data, schema, bad, chunk_bytes, max(BLOCK_BYTES, widest + 2))
+        # Plain lines (nearly all of a log) in C; anything else through pyarrow, as before.
+        table = _parse_json_native(data, starts[lines], ends[lines], schema)
+        if table is None:
+            widest = int((ends - starts).max())
+            table = _parse_json_buffer(data, schema, bad, chunk_bytes, max(BLOCK_BYTES, widest + 2))
     return clean_strings(table), [b.decode("utf-8", "replace") for b in bad]
+
+
+_JSON_KINDS = {pa.string(): "s", pa.int64(): "i", pa.float64(): "f"}
+
+
+def _parse_json_native(
+    data: bytearray | mmap.mmap, starts: np.ndarray, ends: np.ndarray, schema: pa.Schema
+) -> pa.Table | None:
+    """The objects at ``data[starts[i]:ends[i]]``, one per line, as ``pyarrow.json.read_json``
+    reads them with ``schema`` (other keys ignored), parsed by the C kernel (``json_lines`` in
+    pipelines/_native.c). None without the kernel, for a schema with types other than string,
+    int64 and float64, or when a line holds more than the kernel reads exactly as pyarrow does
+    (nested values, exponents, a value of another type than its column's, invalid JSON, ...):
+    the caller then parses the whole file with pyarrow, so that every line gets pyarrow's answer."""
+    native = kernels()
+    kinds = [_JSON_KINDS.get(f.type) for f in schema]
+    if native is None or None in kinds:
+        return None
+    names = [f.name.encode() for f in schema]
+    columns = native.json_lines(
+        data,
+        np.ascontiguousarray(starts, np.int64),
+        np.ascontiguousarray(ends, np.int64),
+        names,
+        "".join(kinds).encode(),
+    )
+    if columns is None:
+        return None
+    n = len(starts)
+    arrays = []
+    for column, kind, (values, text, valid) in zip(schema, kinds, columns, strict=True):
+        bitmap, nulls = None, 0
+        if valid is not None:  # a byte per row: Arrow's bitmap holds a bit
+            mask = np.frombuffer(valid, dtype=bool)
+            bitmap, nulls = pa.py_buffer(np.packbits(mask, bitorder="little")), n - int(np.count_nonzero(mask))
+        if kind == "s":
+            arrays.append(pa.StringArray.from_buffers(n, pa.py_buffer(values), pa.py_buffer(text), bitmap, nulls))
+        else:
+            arrays.append(pa.Array.from_buffers(column.type, n, [bitmap, pa.py_buffer(values)], nulls))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _newlines(buffer: np.ndarray, step: int = 4 << 20) -> np.ndarray:

@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.adapters.base import (
     ISO_SECONDS,
+    _parse_json_native,
     epoch_to_utc,
     epoch_to_utc_array,
     local_to_utc,
@@ -28,6 +30,7 @@ from pipelines.adapters.base import (
     numeric_value,
     numeric_value_array,
     read_jsonl,
+    read_jsonl_table,
 )
 from pipelines.contract import (
     EVENTS_SCHEMA,
@@ -320,6 +323,139 @@ def test_jsonl_reader_edge_cases(tmp_path: Path) -> None:
     path.write_bytes(b"")
     frame, bad = read_jsonl(path, schema)
     assert frame.empty and bad == []
+
+
+# Lines the C reader (json_lines) takes, and lines it leaves to pyarrow; either way the table and
+# the unparsed lines must be pyarrow's.
+_JSON_LINES = [
+    b'{"s":"plain","i":1706931696591,"f":28.9,"x":"ignored"}',
+    b'{ "s" : "spaced" , "i" : -0 , "f" : -0.0 }',
+    b"{}",
+    b'{"f":0.30000000000000004,"i":-123456789012345678}',
+    b'{"f":12345678901234567,"i":123456789012345678}',
+    b'{"s":"esc \\" \\\\ \\/ \\b \\f \\n \\r \\t end"}',
+    b'{"s":"\\u00e9\\u0000\\u20ac\\ud83d\\ude00 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"}',
+    b'{"s":null,"i":null,"f":null,"x":null}',
+    b'{"x":true,"y":false,"z":-1.5,"w":"\\u00e9"}',
+    b'{"s":"","i":0,"f":0}',
+    b'{"S":"other case","ss":"longer name"}',
+    b'{"i":1.0}',  # from here on: lines pyarrow reads otherwise, or not at all
+    b'{"i":1e3}',
+    b'{"f":1e-400}',
+    b'{"f":1.5E2}',
+    b'{"f":123456789012345678}',
+    b'{"i":9223372036854775807}',
+    b'{"i":"12"}',
+    b'{"s":12}',
+    b'{"s":true}',
+    b'{"f":"1.5"}',
+    b'{"f":NaN}',
+    b'{"s":"a","s":"b"}',
+    b'{"x":1,"x":2}',
+    b'{"x":{"y":[1,2]}}',
+    b'{"x":[]}',
+    b'{"a":1}{"b":2}',
+    b'{"s":"\\ud83d"}',
+    b'{"s":"\\ude00"}',
+    b'{"s":"\\u00"}',
+    b'{"s":"\\q"}',
+    b'{"s":"\xff"}',
+    b'{"s":"\xc0\xaf"}',
+    b'{"s":"\xed\xa0\x80"}',
+    b'{"s":"tab\there"}',
+    b'{"\\u0073":"escaped key"}',
+    b'{"f":01}',
+    b'{"f":1.}',
+    b'{"f":-}',
+    b'{"f":.5}',
+    b'{"s":"x",}',
+    b'{"s" "x"}',
+    b'{"s":"unterminated}',
+    b'{"i":12345678901234567890123}',
+]
+
+
+@pytest.mark.parametrize("line", _JSON_LINES)
+def test_jsonl_reader_reads_each_line_as_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: bytes) -> None:
+    native_or_skip()
+    schema = pa.schema([("s", pa.string()), ("i", pa.int64()), ("f", pa.float64())])
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"s":"first","i":1}\n' + line + b"\n")
+
+    def read() -> tuple[pa.Table, list[str]] | type[Exception]:
+        try:
+            table, bad = read_jsonl_table(path, schema)
+        except Exception as error:  # pyarrow fails on some invalid UTF-8 with a decoding error
+            return type(error)
+        return table.combine_chunks(), bad
+
+    fast = read()
+    monkeypatch.setenv("XINTEREST_NATIVE", "0")
+    slow = read()
+    if isinstance(slow, tuple):
+        assert isinstance(fast, tuple) and fast[0].schema == slow[0].schema
+        # NaN as a string (it equals nothing), strings as bytes (pyarrow keeps some invalid UTF-8)
+        values = [
+            [v if v == v else "nan" for v in (c.cast(pa.binary()) if c.type == pa.string() else c).to_pylist()]
+            for c in (*fast[0].columns, *slow[0].columns)
+        ]
+        assert values[:3] == values[3:]
+        assert fast[1] == slow[1]
+    else:
+        assert fast is slow
+
+
+def test_json_lines_reads_plain_lines_exactly_as_pyarrow() -> None:
+    """Random plain lines (strings with escapes and any character, numbers of every length it
+    takes, nulls, absent and other keys) through the C reader and through pyarrow."""
+    native = native_or_skip()
+    rng = random.Random(3)
+    alphabet = [
+        "a",
+        "Z",
+        " ",
+        "é",
+        "€",
+        "😀",
+        '\\"',
+        "\\\\",
+        "\\/",
+        "\\n",
+        "\\t",
+        "\\u00e9",
+        "\\ud83d\\ude00",
+        "\\u0000",
+    ]
+
+    def number(digits: int, fraction: bool) -> str:
+        text = "".join(rng.choice("0123456789") for _ in range(digits)).lstrip("0") or "0"
+        if fraction and len(text) > 1:
+            cut = rng.randint(1, len(text) - 1)
+            text = text[:cut] + "." + text[cut:]
+        elif fraction:
+            text = "0." + "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 16)))
+        return ("-" if rng.random() < 0.3 else "") + text
+
+    lines = []
+    for _ in range(20000):
+        fields = {
+            "s": '"' + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) + '"',
+            "i": number(rng.randint(1, 18), False),
+            "f": number(rng.randint(1, 17), rng.random() < 0.8),
+            "other": rng.choice(['"x"', "1.5", "true", "false", "null", "-7"]),
+        }
+        keys = [k for k in fields if rng.random() < 0.85]
+        rng.shuffle(keys)
+        lines.append("{" + ",".join(f'"{k}":{fields[k] if rng.random() < 0.9 else "null"}' for k in keys) + "}")
+    data = "\n".join(lines).encode()
+    schema = pa.schema([("s", pa.string()), ("i", pa.int64()), ("f", pa.float64())])
+    ends = np.array([i for i, b in enumerate(data) if b == 10] + [len(data)], dtype=np.int64)
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    assert native.json_lines(data, starts, ends, [b"s", b"i", b"f"], b"sif") is not None  # all plain
+    fast = _parse_json_native(data, starts, ends, schema)
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    slow = pajson.read_json(pa.py_buffer(data), parse_options=options)
+    assert fast is not None and fast.equals(slow.combine_chunks())
 
 
 @pytest.mark.parametrize("presorted", [True, False])
