@@ -26,6 +26,8 @@
  *   small arrays than in arithmetic.
  * - tree_margins (serving): the re-ranker's trees walked for a few hundred rows, the sum
  *   XGBoost's CPU predictor gives, without its fixed cost per call (training.trees).
+ * - vae_person (serving): the attention-VAE's forward pass for one person's events
+ *   (training.vae_numpy.NumpyVAE), about forty numpy calls over small arrays in one.
  * - hash64: a 64-bit hash of each string (FNV-1a's steps over its 8-byte words, then
  *   MurmurHash3's fmix64 finaliser so that every bit depends on every byte), for finding
  *   repeated event ids (pipelines.ingest._repeated), where equal strings must hash alike and
@@ -1432,9 +1434,246 @@ done:
     return result;
 }
 
+/* vae_person(params, layout, dims, items, actions, platforms, buckets, bag, logits, mu, attention):
+ * the trained attention-VAE's eval-mode encoder and decoder for one person's events, what
+ * training.vae_numpy.NumpyVAE computes in numpy (training.vae_numpy._native_person packs the
+ * weights). params: every float32 weight, layout: int64 offsets of each array in params (the
+ * order of VAE_* below), dims: int64 d_model, n_heads, n_layers, d_ff, d_bag, d_latent,
+ * d_hidden, n_items, n_vocab (encoder item vocabulary), n_actions, n_platforms, n_gaps. items,
+ * actions, platforms, buckets: int64 indices of the person's events (no padding); bag: int64
+ * encoder indices of the items of the bag branch (no padding, no unknown). Outputs: logits
+ * (n_items), mu (d_latent) and attention (one weight per event), float32. Each person's
+ * outputs depend on that person's inputs alone, in a fixed order of operations: the same bits
+ * whoever shares the service's batch. Sums run in index order, without fused multiply-adds. */
+enum {
+    VAE_ITEM, VAE_ACTION, VAE_PLATFORM, VAE_GAP, VAE_EMBED_NORM_W, VAE_EMBED_NORM_B,
+    VAE_QUERY, VAE_KEY, VAE_KEY_B, VAE_BAG, VAE_MU, VAE_MU_B, VAE_HIDDEN, VAE_HIDDEN_B,
+    VAE_LOGITS, VAE_LOGITS_B, VAE_FIXED
+};
+enum {
+    VAE_L_NORM1_W, VAE_L_NORM1_B, VAE_L_QKV, VAE_L_QKV_B, VAE_L_OUT, VAE_L_OUT_B, VAE_L_NORM2_W,
+    VAE_L_NORM2_B, VAE_L_FF1, VAE_L_FF1_B, VAE_L_FF2, VAE_L_FF2_B, VAE_PER_LAYER
+};
+#define VAE_MAX_EVENTS 4096
+#define VAE_MAX_WIDTH 4096
+
+/* out (rows x m) = x (rows x k) @ w (k x m, row-major) + b (m): each output the sum over k in
+ * index order (vectorised across outputs, which leaves each one's sum as it is). */
+__attribute__((target_clones("avx2", "default"))) static void vae_linear(const float *restrict x, Py_ssize_t rows,
+                                                                         Py_ssize_t k, const float *restrict w,
+                                                                         const float *restrict b, Py_ssize_t m,
+                                                                         float *restrict out) {
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        float *restrict o = out + i * m;
+        for (Py_ssize_t j = 0; j < m; j++) o[j] = 0.0f;
+        for (Py_ssize_t c = 0; c < k; c++) {
+            const float v = x[i * k + c];
+            const float *restrict wc = w + c * m;
+            for (Py_ssize_t j = 0; j < m; j++) o[j] += v * wc[j];
+        }
+        for (Py_ssize_t j = 0; j < m; j++) o[j] += b[j];
+    }
+}
+
+static void vae_layer_norm(const float *x, Py_ssize_t rows,
+                                                                        Py_ssize_t d, const float *w,
+                                                                        const float *b, float *out) {
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const float *r = x + i * d;
+        float *o = out + i * d, mean = 0.0f, var = 0.0f;
+        for (Py_ssize_t j = 0; j < d; j++) mean += r[j];
+        mean /= (float)d;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            const float c = r[j] - mean;
+            var += c * c;
+        }
+        var /= (float)d;
+        const float root = sqrtf(var + 1e-5f);
+        for (Py_ssize_t j = 0; j < d; j++) o[j] = (r[j] - mean) / root * w[j] + b[j];
+    }
+}
+
+/* e^x for x <= 0 (softmax's inputs once their maximum is taken off), as Cephes' expf: x = k ln 2 + r
+ * with |r| <= ln 2 / 2, e^r by its minimax polynomial, 2^k into the exponent (about 1 ulp;
+ * libm's expf, a call per value, was most of a person's time). Below -87, 0. Branch-free, so
+ * that the loop over a row vectorises. */
+static inline float vae_exp(float x) {
+    const float k = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    float y = 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * r * r + r + 1.0f;
+    const int32_t e = (int32_t)(k > -126.0f ? k : -126.0f) + 127;
+    float scale;
+    const int32_t bits = e << 23;
+    memcpy(&scale, &bits, 4);
+    return x >= -87.0f ? y * scale : 0.0f;
+}
+
+__attribute__((target_clones("avx2", "default"))) static void vae_softmax(float *restrict x, Py_ssize_t n) {
+    float top = x[0], sum = 0.0f;
+    for (Py_ssize_t j = 1; j < n; j++) top = x[j] > top ? x[j] : top;
+    for (Py_ssize_t j = 0; j < n; j++) x[j] = vae_exp(x[j] - top);
+    for (Py_ssize_t j = 0; j < n; j++) sum += x[j];
+    for (Py_ssize_t j = 0; j < n; j++) x[j] /= sum;
+}
+
+static PyObject *vae_person(PyObject *self, PyObject *args) {
+    Py_buffer params_buf, layout_buf, dims_buf, items_buf, actions_buf, platforms_buf, buckets_buf, bag_buf;
+    Py_buffer logits_buf, mu_buf, attention_buf;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*w*w*w*", &params_buf, &layout_buf, &dims_buf, &items_buf,
+                          &actions_buf, &platforms_buf, &buckets_buf, &bag_buf, &logits_buf, &mu_buf, &attention_buf))
+        return NULL;
+    PyObject *result = NULL;
+    float *work = NULL;
+    const float *p = (const float *)params_buf.buf;
+    const int64_t *at = (const int64_t *)layout_buf.buf, *dims = (const int64_t *)dims_buf.buf;
+    const int64_t *items = (const int64_t *)items_buf.buf, *actions = (const int64_t *)actions_buf.buf;
+    const int64_t *platforms = (const int64_t *)platforms_buf.buf, *buckets = (const int64_t *)buckets_buf.buf;
+    const int64_t *bag = (const int64_t *)bag_buf.buf;
+    const Py_ssize_t n = items_buf.len / 8, n_bag = bag_buf.len / 8;
+    if (dims_buf.len != 12 * 8) {
+        PyErr_SetString(PyExc_ValueError, "vae_person: 12 int64 dims");
+        goto done;
+    }
+    const Py_ssize_t d = dims[0], heads = dims[1], layers = dims[2], d_ff = dims[3], d_bag = dims[4];
+    const Py_ssize_t d_latent = dims[5], d_hidden = dims[6], n_items = dims[7], n_vocab = dims[8];
+    const Py_ssize_t n_actions = dims[9], n_platforms = dims[10], n_gaps = dims[11];
+    const Py_ssize_t n_offsets = VAE_FIXED + VAE_PER_LAYER * layers;
+    int ok = d > 0 && heads > 0 && d % heads == 0 && layers >= 0 && d_ff > 0 && d_bag >= 0 && d_latent > 0 &&
+             d_hidden > 0 && n_items > 0 && d <= VAE_MAX_WIDTH && d_ff <= VAE_MAX_WIDTH && d_bag <= VAE_MAX_WIDTH &&
+             d_latent <= VAE_MAX_WIDTH && d_hidden <= VAE_MAX_WIDTH && n <= VAE_MAX_EVENTS &&
+             layout_buf.len == 8 * n_offsets && actions_buf.len == items_buf.len &&
+             platforms_buf.len == items_buf.len && buckets_buf.len == items_buf.len && logits_buf.len == 4 * n_items &&
+             mu_buf.len == 4 * d_latent && attention_buf.len == 4 * n;
+    /* Every array's extent inside params. */
+    const Py_ssize_t d_pooled = d + d_bag, total = params_buf.len / 4;
+    Py_ssize_t size[VAE_FIXED] = {n_vocab * d, n_actions * d, n_platforms * d, n_gaps * d, d, d, d, d * d, d,
+                                  n_vocab * d_bag, d_pooled * d_latent, d_latent, d_latent * d_hidden, d_hidden,
+                                  d_hidden * n_items, n_items};
+    for (Py_ssize_t i = 0; ok && i < VAE_FIXED; i++) ok = at[i] >= 0 && at[i] + size[i] <= total;
+    for (Py_ssize_t l = 0; ok && l < layers; l++) {
+        const Py_ssize_t s[VAE_PER_LAYER] = {d, d, d * 3 * d, 3 * d, d * d, d, d, d, d * d_ff, d_ff, d_ff * d, d};
+        for (Py_ssize_t i = 0; ok && i < VAE_PER_LAYER; i++) {
+            const int64_t o = at[VAE_FIXED + VAE_PER_LAYER * l + i];
+            ok = o >= 0 && o + s[i] <= total;
+        }
+    }
+    for (Py_ssize_t t = 0; ok && t < n; t++)
+        ok = items[t] >= 0 && items[t] < n_vocab && actions[t] >= 0 && actions[t] < n_actions && platforms[t] >= 0 &&
+             platforms[t] < n_platforms && buckets[t] >= 0 && buckets[t] < n_gaps;
+    for (Py_ssize_t t = 0; ok && t < n_bag; t++) ok = bag[t] >= 0 && bag[t] < n_vocab;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "vae_person: dims, layout, indices or output sizes do not fit");
+        goto done;
+    }
+    /* x, h (n x d), qkv (n x 3d), ff (n x d_ff), scores (n), pooled (d_pooled), hidden */
+    const Py_ssize_t rows = n > 0 ? n : 1;
+    const Py_ssize_t width = rows * (3 * d + 3 * d + d_ff) + 2 * rows + d_pooled + d_hidden + d;
+    work = (float *)PyMem_RawMalloc(sizeof(float) * (size_t)width);
+    if (work == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    float *logits = (float *)logits_buf.buf, *mu = (float *)mu_buf.buf, *attention = (float *)attention_buf.buf;
+    Py_BEGIN_ALLOW_THREADS
+    float *x = work, *h = x + rows * d, *qkv = h + rows * d, *ff = qkv + rows * 3 * d, *scores = ff + rows * d_ff;
+    float *pooled = scores + rows, *hidden = pooled + d_pooled, *keyed = hidden + d_hidden;
+    float *keys = keyed + d, *zeros = keys + rows * d;
+    for (Py_ssize_t j = 0; j < rows; j++) zeros[j] = 0.0f;
+    const Py_ssize_t dk = d / heads;
+    for (Py_ssize_t j = 0; j < d_pooled; j++) pooled[j] = 0.0f;
+    if (n > 0) {
+        for (Py_ssize_t t = 0; t < n; t++) {
+            const float *a = p + at[VAE_ITEM] + items[t] * d, *b = p + at[VAE_ACTION] + actions[t] * d;
+            const float *c = p + at[VAE_PLATFORM] + platforms[t] * d, *g = p + at[VAE_GAP] + buckets[t] * d;
+            for (Py_ssize_t j = 0; j < d; j++) h[t * d + j] = a[j] + b[j] + c[j] + g[j];
+        }
+        vae_layer_norm(h, n, d, p + at[VAE_EMBED_NORM_W], p + at[VAE_EMBED_NORM_B], x);
+        const float scale = 1.0f / sqrtf((float)dk);
+        for (Py_ssize_t l = 0; l < layers; l++) {
+            const int64_t *w = at + VAE_FIXED + VAE_PER_LAYER * l;
+            vae_layer_norm(x, n, d, p + w[VAE_L_NORM1_W], p + w[VAE_L_NORM1_B], h);
+            vae_linear(h, n, d, p + w[VAE_L_QKV], p + w[VAE_L_QKV_B], 3 * d, qkv);
+            for (Py_ssize_t head = 0; head < heads; head++) {
+                const Py_ssize_t q0 = head * dk, k0 = d + head * dk, v0 = 2 * d + head * dk;
+                for (Py_ssize_t c = 0; c < dk; c++) /* this head's keys, transposed (dk x n) */
+                    for (Py_ssize_t j = 0; j < n; j++) keys[c * n + j] = qkv[j * 3 * d + k0 + c];
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    vae_linear(qkv + i * 3 * d + q0, 1, dk, keys, zeros, n, scores);
+                    for (Py_ssize_t j = 0; j < n; j++) scores[j] *= scale;
+                    vae_softmax(scores, n);
+                    float *o = h + i * d + head * dk; /* h is free again: the heads' outputs */
+                    for (Py_ssize_t c = 0; c < dk; c++) o[c] = 0.0f;
+                    for (Py_ssize_t j = 0; j < n; j++)
+                        for (Py_ssize_t c = 0; c < dk; c++) o[c] += scores[j] * qkv[j * 3 * d + v0 + c];
+                }
+            }
+            vae_linear(h, n, d, p + w[VAE_L_OUT], p + w[VAE_L_OUT_B], d, qkv);
+            for (Py_ssize_t i = 0; i < n * d; i++) x[i] += qkv[i];
+            vae_layer_norm(x, n, d, p + w[VAE_L_NORM2_W], p + w[VAE_L_NORM2_B], h);
+            vae_linear(h, n, d, p + w[VAE_L_FF1], p + w[VAE_L_FF1_B], d_ff, ff);
+            for (Py_ssize_t i = 0; i < n * d_ff; i++) ff[i] = ff[i] > 0.0f ? ff[i] : 0.0f;
+            vae_linear(ff, n, d_ff, p + w[VAE_L_FF2], p + w[VAE_L_FF2_B], d, qkv);
+            for (Py_ssize_t i = 0; i < n * d; i++) x[i] += qkv[i];
+        }
+        /* Attention pooling with the learned query. */
+        const float *query = p + at[VAE_QUERY];
+        const float root = sqrtf((float)d);
+        for (Py_ssize_t t = 0; t < n; t++) {
+            vae_linear(x + t * d, 1, d, p + at[VAE_KEY], p + at[VAE_KEY_B], d, keyed);
+            float s = 0.0f;
+            for (Py_ssize_t j = 0; j < d; j++) s += keyed[j] * query[j];
+            scores[t] = s / root;
+        }
+        vae_softmax(scores, n);
+        for (Py_ssize_t t = 0; t < n; t++) {
+            attention[t] = scores[t];
+            for (Py_ssize_t j = 0; j < d; j++) pooled[j] += scores[t] * x[t * d + j];
+        }
+    }
+    if (d_bag > 0) {
+        float *summed = pooled + d;
+        for (Py_ssize_t t = 0; t < n_bag; t++) {
+            const float *row = p + at[VAE_BAG] + bag[t] * d_bag;
+            for (Py_ssize_t j = 0; j < d_bag; j++) summed[j] += row[j];
+        }
+        const float norm = sqrtf((float)(n_bag > 1 ? n_bag : 1));
+        for (Py_ssize_t j = 0; j < d_bag; j++) summed[j] = tanhf(summed[j] / norm);
+    }
+    vae_linear(pooled, 1, d_pooled, p + at[VAE_MU], p + at[VAE_MU_B], d_latent, mu);
+    vae_linear(mu, 1, d_latent, p + at[VAE_HIDDEN], p + at[VAE_HIDDEN_B], d_hidden, hidden);
+    for (Py_ssize_t j = 0; j < d_hidden; j++) hidden[j] = tanhf(hidden[j]);
+    vae_linear(hidden, 1, d_hidden, p + at[VAE_LOGITS], p + at[VAE_LOGITS_B], n_items, logits);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(work);
+    PyBuffer_Release(&params_buf);
+    PyBuffer_Release(&layout_buf);
+    PyBuffer_Release(&dims_buf);
+    PyBuffer_Release(&items_buf);
+    PyBuffer_Release(&actions_buf);
+    PyBuffer_Release(&platforms_buf);
+    PyBuffer_Release(&buckets_buf);
+    PyBuffer_Release(&bag_buf);
+    PyBuffer_Release(&logits_buf);
+    PyBuffer_Release(&mu_buf);
+    PyBuffer_Release(&attention_buf);
+    return result;
+}
+
 static PyMethodDef METHODS[] = {
     {"blake2b_128_joined", blake2b_128_joined, METH_VARARGS,
      "blake2b_128_joined(fields, separator, null) -> bytes: BLAKE2b-128 of each row's fields joined."},
+    {"vae_person", vae_person, METH_VARARGS,
+     "vae_person(params, layout, dims, items, actions, platforms, buckets, bag, logits, mu, attention): the "
+     "attention-VAE's eval-mode forward pass for one person's events."},
     {"hash64", hash64, METH_VARARGS,
      "hash64(data, offsets) -> bytes: a 64-bit hash (native-endian) of each data[offsets[i]:offsets[i+1]]."},
     {"hmac_sha256", hmac_sha256, METH_VARARGS,

@@ -1,7 +1,7 @@
 """The optional C kernels (pipelines/_native.c): ingest's, for strings held as a data buffer and
 int64 offsets, as Arrow holds them (see :func:`pipelines.contract.string_buffers`), and two of
-serving's candidate generation (:mod:`training.recommender`) and the re-ranker's trees
-(:mod:`training.trees`).
+serving's candidate generation (:mod:`training.recommender`), the re-ranker's trees
+(:mod:`training.trees`) and the VAE's forward pass (:mod:`training.vae_numpy`).
 
 :func:`kernels` is None when the extension was not built (no C compiler at install) or when
 ``XINTEREST_NATIVE=0``: callers then compute the same values in Python and numpy.
@@ -44,6 +44,21 @@ class Kernels(Protocol):
         self, splits: object, leaves: object, depth: int, x: object, n_features: int, out: object
     ) -> None: ...
 
+    def vae_person(
+        self,
+        params: object,
+        layout: object,
+        dims: object,
+        items: object,
+        actions: object,
+        platforms: object,
+        buckets: object,
+        bag: object,
+        logits: object,
+        mu: object,
+        attention: object,
+    ) -> None: ...
+
 
 _KERNELS = (
     "blake2b_128_joined",
@@ -55,6 +70,7 @@ _KERNELS = (
     "sum_rows",
     "ranks_at",
     "tree_margins",
+    "vae_person",
 )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import native_or_skip
 from training.trainer import infer
 from training.vae import GAP_BUCKETS, PAD, UNKNOWN, AttentionVAE, VAEConfig, gap_bucket
 from training.vae_numpy import NumpyVAE, gap_buckets
@@ -38,8 +39,17 @@ def _inputs(seed: int, b: int = 6, t: int = 9) -> dict[str, np.ndarray]:
     return {"items": items, "actions": actions, "platforms": platforms, "gaps": gaps, "bag": bag}
 
 
+@pytest.fixture(params=["native", "numpy"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs on both paths: the C kernel (``vae_person``) and numpy."""
+    if request.param == "native":
+        native_or_skip()
+    monkeypatch.setenv("XINTEREST_NATIVE", "1" if request.param == "native" else "0")
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("d_bag", "n_layers"), [(12, 1), (0, 2)])
-def test_the_numpy_pass_gives_the_torch_modules_outputs(d_bag: int, n_layers: int) -> None:
+def test_the_numpy_pass_gives_the_torch_modules_outputs(path: str, d_bag: int, n_layers: int) -> None:
     for seed in range(3):
         model, inputs = _model(seed, d_bag, n_layers), _inputs(seed)
         if not d_bag:
@@ -50,7 +60,7 @@ def test_the_numpy_pass_gives_the_torch_modules_outputs(d_bag: int, n_layers: in
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
 
 
-def test_a_person_gets_the_same_bits_in_any_batch() -> None:
+def test_a_person_gets_the_same_bits_in_any_batch(path: str) -> None:
     model, inputs = _model(0, 12, 1), _inputs(1)
     fast = NumpyVAE(model)
     together = fast(inputs)
@@ -71,3 +81,44 @@ def test_gap_buckets_are_the_modules_at_every_edge() -> None:
     )
     gaps = np.concatenate([gaps, -gaps[:100]]).astype(np.float32)
     np.testing.assert_array_equal(gap_buckets(gaps), gap_bucket(torch.from_numpy(gaps)).numpy())
+
+
+def test_the_kernel_and_numpy_agree_and_the_kernel_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    native_or_skip()
+    model, inputs = _model(4, 12, 2), _inputs(4, b=9, t=30)
+    fast = NumpyVAE(model)
+    monkeypatch.setenv("XINTEREST_NATIVE", "0")
+    by_numpy = fast(inputs)
+    monkeypatch.setenv("XINTEREST_NATIVE", "1")
+    calls = []
+    real = fast._packed
+
+    class Counting(tuple):  # the kernel reads the packed weights: count the persons it answers
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return iter(real)
+
+    fast._packed = Counting(real)  # type: ignore[assignment]
+    by_kernel = fast(inputs)
+    assert calls  # the kernel answered
+    for got, want in zip(by_kernel, by_numpy, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)  # float32 rounding, as against torch
+
+
+def test_the_kernel_refuses_indices_outside_its_tables() -> None:
+    from pipelines.native import kernels
+
+    native_or_skip()
+    fast = NumpyVAE(_model(0, 12, 1))
+    params, layout, dims = fast._packed
+    one = np.array([len(fast.item)], np.int64)  # one past the item table
+    ok = np.array([2], np.int64)
+    out = np.empty(fast.n_items, np.float32), np.empty(len(fast.mu_bias), np.float32), np.empty(1, np.float32)
+    native = kernels()
+    assert native is not None
+    with pytest.raises(ValueError, match="do not fit"):
+        native.vae_person(params, layout, dims, one, ok, ok, ok, ok, *out)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.vae_person(params, layout, dims, ok, ok, ok, ok, one, *out)
+    with pytest.raises(ValueError, match="do not fit"):  # an output of the wrong size
+        native.vae_person(params, layout, dims, ok, ok, ok, ok, ok, out[0][:-1], out[1], out[2])
