@@ -1455,11 +1455,18 @@ enum {
     VAE_L_NORM2_B, VAE_L_FF1, VAE_L_FF1_B, VAE_L_FF2, VAE_L_FF2_B, VAE_PER_LAYER
 };
 #define VAE_MAX_EVENTS 4096
+/* On x86-64, the loops below are also built for AVX2 and chosen at load time (no FMA: the same
+ * arithmetic, so the same bits, on either). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VAE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VAE_CLONES
+#endif
 #define VAE_MAX_WIDTH 4096
 
 /* out (rows x m) = x (rows x k) @ w (k x m, row-major) + b (m): each output the sum over k in
  * index order (vectorised across outputs, which leaves each one's sum as it is). */
-__attribute__((target_clones("avx2", "default"))) static void vae_linear(const float *restrict x, Py_ssize_t rows,
+VAE_CLONES static void vae_linear(const float *restrict x, Py_ssize_t rows,
                                                                          Py_ssize_t k, const float *restrict w,
                                                                          const float *restrict b, Py_ssize_t m,
                                                                          float *restrict out) {
@@ -1515,7 +1522,7 @@ static inline float vae_exp(float x) {
     return x >= -87.0f ? y * scale : 0.0f;
 }
 
-__attribute__((target_clones("avx2", "default"))) static void vae_softmax(float *restrict x, Py_ssize_t n) {
+VAE_CLONES static void vae_softmax(float *restrict x, Py_ssize_t n) {
     float top = x[0], sum = 0.0f;
     for (Py_ssize_t j = 1; j < n; j++) top = x[j] > top ? x[j] : top;
     for (Py_ssize_t j = 0; j < n; j++) x[j] = vae_exp(x[j] - top);
