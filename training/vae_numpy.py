@@ -57,6 +57,22 @@ def _softmax(x: NDArray[np.float32]) -> NDArray[np.float32]:
     return e / e.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
 
+def _slot(owner: Any, name: str, value: NDArray[np.float32] | None = None) -> NDArray[np.float32] | None:
+    """``owner``'s array ``name`` ("norm1.0": the first of the pair ``norm1``); with ``value``,
+    set it instead."""
+    attribute, _, index = name.partition(".")
+    if value is None:
+        held = getattr(owner, attribute)
+        return held[int(index)] if index else held  # type: ignore[no-any-return]
+    if index:
+        pair = list(getattr(owner, attribute))
+        pair[int(index)] = value
+        setattr(owner, attribute, tuple(pair))
+    else:
+        setattr(owner, attribute, value)
+    return value
+
+
 class _Layer:
     """One pre-norm Transformer encoder layer (self-attention, ReLU feed-forward)."""
 
@@ -104,30 +120,21 @@ class NumpyVAE:
 
     def _pack(self, n_heads: int) -> tuple[NDArray[np.float32], NDArray[np.int64], NDArray[np.int64]]:
         """Every weight in one float32 array, the offset of each (in the C kernel's order:
-        ``vae_person`` in pipelines/_native.c) and the dimensions: what the kernel reads."""
-        arrays = [
-            self.item,
-            self.action,
-            self.platform,
-            self.gap,
-            *self.embed_norm,
-            self.query,
-            self.key,
-            self.key_bias,
-            self.bag if self.bag is not None else np.zeros(0, np.float32),
-            self.mu,
-            self.mu_bias,
-            self.hidden,
-            self.hidden_bias,
-            self.logits,
-            self.logits_bias,
-        ]
+        ``vae_person`` in pipelines/_native.c) and the dimensions: what the kernel reads. The
+        numpy pass's arrays become views of that array, so the weights are held once."""
+        names = ["item", "action", "platform", "gap", "embed_norm.0", "embed_norm.1", "query", "key", "key_bias"]
+        names += ["bag", "mu", "mu_bias", "hidden", "hidden_bias", "logits", "logits_bias"]
+        slots: list[tuple[Any, str]] = [(self, name) for name in names]
         for layer in self.layers:
-            arrays += [*layer.norm1, layer.qkv, layer.qkv_bias, layer.out, layer.out_bias, *layer.norm2]
-            arrays += [layer.ff1, layer.ff1_bias, layer.ff2, layer.ff2_bias]
-        sizes = [a.size for a in arrays]
-        layout = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            slots += [(layer, name) for name in ("norm1.0", "norm1.1", "qkv", "qkv_bias", "out", "out_bias")]
+            slots += [(layer, name) for name in ("norm2.0", "norm2.1", "ff1", "ff1_bias", "ff2", "ff2_bias")]
+        arrays = [_slot(owner, name) for owner, name in slots]
+        arrays = [np.zeros(0, np.float32) if a is None else a for a in arrays]  # no bag branch
+        layout = np.concatenate([[0], np.cumsum([a.size for a in arrays])[:-1]]).astype(np.int64)
         params = np.concatenate([np.ascontiguousarray(a, np.float32).ravel() for a in arrays])
+        for (owner, name), a, at in zip(slots, arrays, layout, strict=True):
+            if a.size:
+                _slot(owner, name, params[at : at + a.size].reshape(a.shape))
         d_ff = self.layers[0].ff1.shape[1] if self.layers else 1
         d_bag = self.bag.shape[1] if self.bag is not None else 0
         dims = [self.d_model, n_heads, len(self.layers), d_ff, d_bag, len(self.mu_bias), len(self.hidden_bias)]
