@@ -47,6 +47,12 @@ class ExperimentConfig:
     n_layers: int = 1
     input_dropout: float = 0.3
     d_bag: int = 256  # the VAE's bag-of-items branch (0: the sequence encoder alone)
+    # With a target platform: the weight of the other platforms' items in the VAE's
+    # reconstruction term; they stay in its input (sequence and bag). At 0 the decoder learns
+    # the target platform alone and the other platforms only inform the latent. On Douban
+    # (target books, with music) the validation NDCG@20 of the VAE alone, against 1: all
+    # persons 0.0502 vs 0.0431, persons with at most 5 book events 0.0682 vs 0.0637.
+    other_platform_weight: float = 0.0
     min_item_count: int = 1
     ease_l2: float = 200.0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -200,7 +206,11 @@ def run(
         d_bag=config.d_bag,
     )
     t1 = time.perf_counter()
-    model, history = fit(vae_config, inputs, bags, valid_rows, valid_targets, config.train, progress, on_epoch)
+    weights = None
+    if split.target_platform is not None and config.other_platform_weight != 1.0:
+        on_target = vocab.platform_mask(split.target_platform)
+        weights = np.where(on_target, 1.0, config.other_platform_weight).astype(np.float32)
+    model, history = fit(vae_config, inputs, bags, valid_rows, valid_targets, config.train, progress, on_epoch, weights)
     timings["vae_seconds"] = time.perf_counter() - t1
 
     # Base models on the training view.

@@ -109,9 +109,14 @@ def fit(
     config: TrainConfig | None = None,
     progress: bool = False,
     on_epoch: Any = None,
+    target_weights: np.ndarray | None = None,
 ) -> tuple[AttentionVAE, History]:
     """Train on every person's bag; validate on ``valid_rows`` (their held-out items) for early
-    stopping. Without validation rows, train for ``config.epochs`` and keep the last state."""
+    stopping. Without validation rows, train for ``config.epochs`` and keep the last state.
+
+    ``target_weights`` (n_items,), when given, scales each item's count in the reconstruction
+    term (the encoder still sees every item): with a target platform, the other platforms'
+    items can inform the latent without competing with the target's items for it."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -143,7 +148,8 @@ def fit(
                 rows = order[lo : lo + batch_size]
                 beta = min(config.beta_max, config.beta_max * step / anneal_steps)
                 logits, mu, logvar = model(*_tensors(inputs, rows))
-                loss, nll, kl = vae_loss(logits, torch.from_numpy(bags[rows]), mu, logvar, beta)
+                x = bags[rows] if target_weights is None else bags[rows] * target_weights
+                loss, nll, kl = vae_loss(logits, torch.from_numpy(x), mu, logvar, beta)
                 optimiser.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

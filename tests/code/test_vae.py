@@ -145,6 +145,37 @@ def test_a_tiny_batch_is_overfit() -> None:
     assert history.epochs[-1]["nll"] == pytest.approx(3 * math.log(3), abs=0.05)
 
 
+def test_target_weights_keep_other_items_in_the_input_and_out_of_the_reconstruction() -> None:
+    """Items 0-14 on the target platform, 15-29 on another; each person has three of each. With
+    the other platform's weight at 0, the model learns each person's three target items (its
+    top-3, nll 3 ln 3) and ranks every other-platform item below them, though it sees them."""
+    n = 5
+    items = np.zeros((n, 6), dtype=np.int64)
+    bags = np.zeros((n, CONFIG.n_items), dtype=np.float32)
+    for p in range(n):
+        own = [3 * p, 3 * p + 1, 3 * p + 2, 15 + 3 * p, 16 + 3 * p, 17 + 3 * p]
+        items[p] = [i + 2 for i in own]
+        bags[p, own] = 1
+    inputs = {
+        "items": items,
+        "actions": np.ones_like(items),
+        "platforms": np.where(items < 17, 2, 3),
+        "gaps": np.zeros((n, 6), dtype=np.float32),
+    }
+    weights = np.r_[np.ones(15), np.zeros(15)].astype(np.float32)
+    config = TrainConfig(epochs=300, batch_size=5, lr=1e-2, beta_max=0.0, patience=300)
+    model, history = fit(CONFIG, inputs, bags, np.array([], dtype=np.int64), [], config, target_weights=weights)
+    logits, _, _ = infer(model, inputs)
+    for p in range(n):
+        target = logits[p, 3 * p : 3 * p + 3]
+        assert set(np.argsort(-logits[p])[:3]) == {3 * p, 3 * p + 1, 3 * p + 2}
+        assert target.min() > logits[p, 15:].max()
+    assert history.epochs[-1]["nll"] == pytest.approx(3 * math.log(3), abs=0.05)
+    # unweighted, the same data is a bag of six items per person
+    _, unweighted = fit(CONFIG, inputs, bags, np.array([], dtype=np.int64), [], config)
+    assert unweighted.epochs[-1]["nll"] == pytest.approx(6 * math.log(6), abs=0.05)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_training_is_deterministic(seed: int) -> None:
     inputs = {
