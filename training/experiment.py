@@ -57,10 +57,10 @@ class ExperimentConfig:
     ease_l2: float = 200.0
     train: TrainConfig = field(default_factory=TrainConfig)
     reranker: RankerConfig = field(default_factory=RankerConfig)
-    # Other seeds of the re-ranker, trained on the same pairs and scored on the same test
-    # candidates, to measure how much its own randomness (which persons it holds out for
-    # early stopping and calibration, row and column subsampling) moves the figures; the
-    # shipped re-ranker is the one of ``reranker.seed``.
+    # Other seeds of the re-ranker, trained on the same pairs (and the same held-out persons,
+    # chosen with ``reranker.seed``) and scored on the same test candidates, to measure how
+    # much its own randomness (row and column subsampling) moves the figures; the shipped
+    # re-ranker is the one of ``reranker.seed``.
     ranker_seeds: tuple[int, ...] = ()
     seed: int = 0
 
@@ -270,7 +270,12 @@ def run(
     valid_seen = [set(s) for s in np.array(_item_sets(train_pairs, train_persons), dtype=object)[valid_rows]]
     cands = recommender.candidates(valid_seq, valid_seen, split.target_platform)
     rng = np.random.default_rng(config.seed)
-    rows, cols, labels = ranker.sample_pairs(cands.items, valid_targets, config.reranker.negatives_per_positive, rng)
+    # A fifth of the persons with a hit are held out for the re-ranker's early stopping and
+    # calibration with all their candidates; the others' negatives are sampled.
+    held = ranker.holdout_rows(cands.items, valid_targets, config.reranker.seed)
+    rows, cols, labels = ranker.sample_pairs(
+        cands.items, valid_targets, config.reranker.negatives_per_positive, rng, whole=held
+    )
     x_valid = pair_features(
         recommender,
         train_view.store,
@@ -281,18 +286,22 @@ def run(
         rows,
         cols,
     )
-    sampled = int((labels == 0).sum())
-    rate = sampled / max(1, ranker.available_negatives(cands.items, valid_targets))
-    booster, ranker_info = ranker.train(x_valid, labels, rows, config.reranker, negative_rate=rate)
+    in_training = ~held[rows]
+    sampled = int((labels[in_training] == 0).sum())
+    rate = sampled / max(1, ranker.available_negatives(cands.items, valid_targets, skip=held))
+    held_rows = np.flatnonzero(held)
+    booster, ranker_info = ranker.train(x_valid, labels, rows, config.reranker, rate, held_rows)
     recommender.booster = booster
     recommender.meta.update(ranker.scoring_meta(ranker_info))
     valid_p = ranker.probability(booster, x_valid, recommender.meta)
-    threshold = best_f1_threshold(labels, valid_p)
+    # the F1 threshold on the held-out persons' whole lists: pairs the trees did not learn
+    # from, at the base rate the re-ranker meets
+    threshold = best_f1_threshold(labels[~in_training], valid_p[~in_training])
     recommender.meta["threshold"] = threshold
     timings["ranker_seconds"] = time.perf_counter() - t3
     alternatives = []  # the re-ranker with other seeds, untimed: only for measuring
     for seed in config.ranker_seeds:
-        other, other_info = ranker.train(x_valid, labels, rows, replace(config.reranker, seed=seed), negative_rate=rate)
+        other, other_info = ranker.train(x_valid, labels, rows, replace(config.reranker, seed=seed), rate, held_rows)
         alternatives.append((other, ranker.scoring_meta(other_info)))
 
     # Test.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -130,19 +130,36 @@ def assemble(columns: dict[str, Any]) -> NDArray[np.float32]:
     return out
 
 
+def holdout_rows(candidates: NDArray[np.int64], positives: list[set[int]], seed: int) -> NDArray[np.bool_]:
+    """A seeded fifth of the persons (rows) with a positive among their candidates: the persons
+    :func:`train` holds out for early stopping and calibration."""
+    hits = np.flatnonzero([any(c in pos for c in cands) for cands, pos in zip(candidates, positives, strict=True)])
+    held = np.zeros(len(candidates), dtype=bool)
+    if len(hits):
+        held[np.random.default_rng(seed).choice(hits, max(1, len(hits) // 5), replace=False)] = True
+    return held
+
+
 def sample_pairs(
-    candidates: NDArray[np.int64], positives: list[set[int]], k: int, rng: np.random.Generator
+    candidates: NDArray[np.int64],
+    positives: list[set[int]],
+    k: int,
+    rng: np.random.Generator,
+    whole: NDArray[np.bool_] | None = None,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Training pairs (row, candidate position, label): every positive candidate plus ``k``
-    sampled negatives per positive from the same person's candidates. Persons whose positive
-    is not among the candidates contribute nothing (the re-ranker only ever sees candidates)."""
+    sampled negatives per positive from the same person's candidates; for the rows marked in
+    ``whole``, every candidate (the held-out persons: their whole lists, as the re-ranker will
+    see them). Persons whose positive is not among the candidates contribute nothing (the
+    re-ranker only ever sees candidates)."""
     rows, cols, labels = [], [], []
     for r, (cands, pos) in enumerate(zip(candidates, positives, strict=True)):
         hit = [c for c in range(len(cands)) if cands[c] in pos]
         if not hit:
             continue
         negatives = np.array([c for c in range(len(cands)) if cands[c] not in pos])
-        take = negatives if len(negatives) <= k * len(hit) else rng.choice(negatives, k * len(hit), replace=False)
+        every = (whole is not None and whole[r]) or len(negatives) <= k * len(hit)
+        take = negatives if every else rng.choice(negatives, k * len(hit), replace=False)
         for c in hit:
             rows.append(r), cols.append(c), labels.append(1)
         for c in take:
@@ -150,10 +167,15 @@ def sample_pairs(
     return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(labels, dtype=np.int64)
 
 
-def available_negatives(candidates: NDArray[np.int64], positives: list[set[int]]) -> int:
-    """Negatives :func:`sample_pairs` could have drawn (candidates of persons with a hit)."""
+def available_negatives(
+    candidates: NDArray[np.int64], positives: list[set[int]], skip: NDArray[np.bool_] | None = None
+) -> int:
+    """Negatives :func:`sample_pairs` could have drawn (candidates of persons with a hit),
+    without the rows marked in ``skip``."""
     total = 0
-    for cands, pos in zip(candidates, positives, strict=True):
+    for r, (cands, pos) in enumerate(zip(candidates, positives, strict=True)):
+        if skip is not None and skip[r]:
+            continue
         hits = sum(1 for c in cands if c in pos)
         if hits:
             total += len(cands) - hits
@@ -205,20 +227,25 @@ def train(
     groups: NDArray[np.int64],
     config: RankerConfig | None = None,
     negative_rate: float = 1.0,
+    held: Collection[int] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Fit the booster; 20% of the persons (``groups``) are held out for early stopping and
-    for the probability calibration. ``negative_rate`` is the share of the available negatives
-    that were sampled (it corrects the calibrated odds)."""
+    """Fit the booster; some persons (``groups``) are held out for early stopping and for the
+    probability calibration: ``held``, which then come with all their candidates (their
+    NDCG@20 is that of the lists the re-ranker will order, and the calibration needs no
+    sampling correction), else a seeded 20%. ``negative_rate`` is the share of the available
+    negatives that were sampled for the other persons."""
     import xgboost as xgb
 
     config = config or RankerConfig()
     ranking = config.objective.startswith("rank:")
     order = np.argsort(groups, kind="stable")  # query groups must be contiguous
     x, y, groups = x[order], y[order], groups[order]
-    rng = np.random.default_rng(config.seed)
-    persons = np.unique(groups)
-    held = set(rng.choice(persons, max(1, len(persons) // 5), replace=False).tolist())
-    is_held = np.array([g in held for g in groups])
+    whole_lists = held is not None
+    if held is None:
+        persons = np.unique(groups)
+        held = np.random.default_rng(config.seed).choice(persons, max(1, len(persons) // 5), replace=False)
+    held_groups = np.unique(np.asarray(list(held), dtype=groups.dtype))
+    is_held = np.isin(groups, held_groups)
     n_pos, n_neg = int(y[~is_held].sum()), int((1 - y[~is_held]).sum())
     scale_pos_weight = 1.0 if ranking else n_neg / max(1, n_pos)
     params: dict[str, Any] = {
@@ -264,7 +291,8 @@ def train(
         rounds = (0, int(booster.best_iteration) + 1)
         margin = booster.predict(dvalid, output_margin=True, iteration_range=rounds)  # includes the prior
         a, b = _platt(margin, y[is_held])
-        calibration = [a, b + float(np.log(max(negative_rate, 1e-12)))]
+        held_rate = 1.0 if whole_lists else negative_rate  # the held-out pairs' sampling rate
+        calibration = [a, b + float(np.log(max(held_rate, 1e-12)))]
     info = {
         "objective": config.objective,
         "positives": n_pos,
@@ -276,7 +304,8 @@ def train(
         "prior": prior,
         "best_iteration": int(booster.best_iteration),
         "curves": curves,
-        "holdout_persons": len(held),
+        "holdout_persons": len(held_groups),
+        "holdout_whole_lists": whole_lists,
     }
     return booster, info
 

@@ -68,6 +68,37 @@ def test_probabilities_stay_calibrated_when_negatives_are_subsampled() -> None:
     assert ranker.probability(booster, tx, uncorrected).mean() > 2 * ty.mean()
 
 
+def test_held_out_persons_with_whole_lists_calibrate_without_correction() -> None:
+    """The persons held out (for early stopping and calibration) keep all their candidates, the
+    others a quarter of their negatives: the probabilities still average the true positive rate;
+    applying the sampling correction to the whole lists would make them about 4x too low."""
+    x, y, groups = _pairs(800, seed=4)
+    candidates = np.arange(800 * 20).reshape(800, 20)
+    positives = [{int(candidates[p][y[p * 20 : (p + 1) * 20].argmax()])} for p in range(800)]
+    held = ranker.holdout_rows(candidates, positives, seed=0)
+    assert held.sum() == 160 and np.array_equal(held, ranker.holdout_rows(candidates, positives, seed=0))
+    rows, cols, labels = ranker.sample_pairs(candidates, positives, 5, np.random.default_rng(1), whole=held)
+    assert all((rows == r).sum() == 20 for r in np.flatnonzero(held))
+    assert all((rows == r).sum() == 6 for r in np.flatnonzero(~held))
+    pick = rows * 20 + cols
+    rate = 5 / 19
+    config = ranker.RankerConfig(max_rounds=30, threads=1)
+    booster, info = ranker.train(x[pick], labels, rows, config, rate, np.flatnonzero(held))
+    assert info["holdout_persons"] == 160 and info["holdout_whole_lists"]
+    tx, ty, _ = _pairs(400, seed=6)
+    assert ranker.probability(booster, tx, info).mean() == pytest.approx(ty.mean(), rel=0.35)
+    corrected = {**info, "calibration": [info["calibration"][0], info["calibration"][1] + np.log(rate)]}
+    assert ranker.probability(booster, tx, corrected).mean() < 0.5 * ty.mean()
+
+
+def test_holdout_rows_are_a_fifth_of_the_persons_with_a_hit() -> None:
+    candidates = np.arange(100 * 5).reshape(100, 5)
+    positives = [{int(candidates[r, 0])} if r % 2 else {-1} for r in range(100)]  # odd rows have a hit
+    held = ranker.holdout_rows(candidates, positives, seed=3)
+    assert held.sum() == 10 and not held[::2].any()
+    assert not np.array_equal(held, ranker.holdout_rows(candidates, positives, seed=4))
+
+
 def test_prior_is_part_of_predictions_and_contributions() -> None:
     x, y, groups = _pairs(300, seed=5)
     booster, info = ranker.train(x, y, groups, ranker.RankerConfig(max_rounds=20, threads=1))
