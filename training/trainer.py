@@ -51,6 +51,28 @@ class History:
         return self.seconds / max(1, len(self.epochs))
 
 
+@dataclass(frozen=True)
+class PlatformDropout:
+    """While training, hide every event and bag item of the platforms other than ``platform``
+    (its encoder index) from a ``share`` of the persons in each batch: the encoder learns to
+    read the target platform's own events instead of leaning on the others, which can
+    outnumber them (a person with 3 books and 200 records)."""
+
+    platform: int
+    on_platform: np.ndarray  # (n_items + 2,) bool per encoder index (pad and unknown: True)
+    share: float = 0.5
+
+    def apply(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``batch`` with the drawn persons' other-platform entries set to PAD (a copy)."""
+        rows = rng.random(len(batch["items"])) < self.share
+        out = dict(batch)
+        off = rows[:, None] & (batch["platforms"] != self.platform) & (batch["items"] != PAD)
+        out["items"] = np.where(off, PAD, batch["items"])
+        if "bag" in batch:
+            out["bag"] = np.where(rows[:, None] & ~self.on_platform[batch["bag"]], PAD, batch["bag"])
+        return out
+
+
 def _tensors(inputs: dict[str, np.ndarray], rows: np.ndarray | None = None) -> list[torch.Tensor]:
     return [torch.from_numpy(inputs[k] if rows is None else inputs[k][rows]) for k in INPUTS if k in inputs]
 
@@ -110,17 +132,20 @@ def fit(
     progress: bool = False,
     on_epoch: Any = None,
     target_weights: np.ndarray | None = None,
+    platform_dropout: PlatformDropout | None = None,
 ) -> tuple[AttentionVAE, History]:
     """Train on every person's bag; validate on ``valid_rows`` (their held-out items) for early
     stopping. Without validation rows, train for ``config.epochs`` and keep the last state.
 
     ``target_weights`` (n_items,), when given, scales each item's count in the reconstruction
     term (the encoder still sees every item): with a target platform, the other platforms'
-    items can inform the latent without competing with the target's items for it."""
+    items can inform the latent without competing with the target's items for it;
+    ``platform_dropout`` hides them from some persons' input (:class:`PlatformDropout`)."""
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
+    hide = np.random.default_rng([config.seed, 1])  # platform dropout's own draws
     model = AttentionVAE(vae_config)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     valid_inputs = {k: v[valid_rows] for k, v in inputs.items()}
@@ -147,7 +172,11 @@ def fit(
             for lo in range(0, n, batch_size):
                 rows = order[lo : lo + batch_size]
                 beta = min(config.beta_max, config.beta_max * step / anneal_steps)
-                logits, mu, logvar = model(*_tensors(inputs, rows))
+                if platform_dropout is None:
+                    logits, mu, logvar = model(*_tensors(inputs, rows))
+                else:
+                    batch = platform_dropout.apply({k: v[rows] for k, v in inputs.items()}, hide)
+                    logits, mu, logvar = model(*_tensors(batch))
                 x = bags[rows] if target_weights is None else bags[rows] * target_weights
                 loss, nll, kl = vae_loss(logits, torch.from_numpy(x), mu, logvar, beta)
                 optimiser.zero_grad()

@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Multinomial, Normal
 from torch.distributions import kl_divergence as torch_kl
 
-from training.trainer import TrainConfig, fit, infer
+from training.trainer import PlatformDropout, TrainConfig, fit, infer
 from training.vae import (
     PAD,
     AttentionVAE,
@@ -174,6 +174,61 @@ def test_target_weights_keep_other_items_in_the_input_and_out_of_the_reconstruct
     # unweighted, the same data is a bag of six items per person
     _, unweighted = fit(CONFIG, inputs, bags, np.array([], dtype=np.int64), [], config)
     assert unweighted.epochs[-1]["nll"] == pytest.approx(6 * math.log(6), abs=0.05)
+
+
+def _two_platforms(n: int = 12) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Persons with events on platform 2 (items 0-14) and 3 (items 15-29); the encoder-index
+    mask of platform 2's items."""
+    rng = np.random.default_rng(0)
+    items = rng.integers(2, CONFIG.n_items + 2, (n, 6))
+    items[0, 4:] = PAD
+    platforms = np.where(items == PAD, PAD, np.where(items < 17, 2, 3))
+    bags = np.zeros((n, CONFIG.n_items), np.float32)
+    for r, row in enumerate(items):
+        bags[r, row[row != PAD] - 2] = 1
+    bag = np.where(items == PAD, PAD, items)
+    inputs = {
+        "items": items,
+        "actions": np.where(items == PAD, PAD, 1),
+        "platforms": platforms,
+        "gaps": np.zeros((n, 6), np.float32),
+        "bag": bag,
+    }
+    on_platform = np.r_[[True, True], np.arange(CONFIG.n_items) < 15]
+    return inputs, bags, on_platform
+
+
+def test_platform_dropout_hides_the_other_platforms_from_the_drawn_persons() -> None:
+    inputs, _, on_platform = _two_platforms()
+    before = {k: v.copy() for k, v in inputs.items()}
+    rng = np.random.default_rng(0)
+    every = PlatformDropout(2, on_platform, share=1.0).apply(inputs, rng)
+    kept = inputs["platforms"] == 2
+    assert np.array_equal(every["items"], np.where(kept, inputs["items"], PAD))
+    assert np.array_equal(every["bag"], np.where(on_platform[inputs["bag"]], inputs["bag"], PAD))
+    assert all(np.array_equal(before[k], inputs[k]) for k in inputs)  # a copy, the input untouched
+    none = PlatformDropout(2, on_platform, share=0.0).apply(inputs, rng)
+    assert all(np.array_equal(none[k], inputs[k]) for k in inputs)
+    half = PlatformDropout(2, on_platform, share=0.5).apply(inputs, rng)
+    hidden = (half["items"] != inputs["items"]).any(axis=1)
+    assert 0 < hidden.sum() < len(hidden)
+
+
+def test_training_with_every_person_hidden_is_training_on_the_target_platform_alone() -> None:
+    """Platform dropout of share 1 trains exactly the model that the inputs without the other
+    platform train (the same random draws otherwise): fit applies it to every batch."""
+    inputs, bags, on_platform = _two_platforms()
+    config = TrainConfig(epochs=3, batch_size=4)
+    none = np.array([], dtype=np.int64)  # no validation: each keeps its last state
+    dropped = fit(CONFIG, inputs, bags, none, [], config, platform_dropout=PlatformDropout(2, on_platform, 1.0))[0]
+    alone = PlatformDropout(2, on_platform, 1.0).apply(inputs, np.random.default_rng(0))
+    reference = fit(CONFIG, alone, bags, none, [], config)[0]
+    plain = fit(CONFIG, inputs, bags, none, [], config)[0]
+    pairs = list(
+        zip(dropped.state_dict().values(), reference.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
+    assert all(torch.equal(a, b) for a, b, _ in pairs)
+    assert not all(torch.equal(a, c) for a, _, c in pairs)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
