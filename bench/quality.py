@@ -155,7 +155,10 @@ def douban(base: Path, data_dir: Path, config: ExperimentConfig, splits: int = 1
     split = make_split(events, seed=0, target_platform="douban_book")
     both = run(split, items, persons, base / "scratch" / "douban-both", config)
     alone = run(restrict(split, "douban_book"), items, persons, base / "scratch" / "douban-book", config)
-    out = {"book_plus_music": summarise(both, split), "book_only": summarise(alone, restrict(split, "douban_book"))}
+    out: dict[str, Any] = {
+        "book_plus_music": summarise(both, split),
+        "book_only": summarise(alone, restrict(split, "douban_book")),
+    }
     lift = {}
     for group in ("all", SPARSE):
         b = both.metrics if group == "all" else both.breakdown.get(SPARSE, {})
