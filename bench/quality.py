@@ -40,6 +40,7 @@ from training.metrics import ndcg_at_k, ranking_report
 
 MODELS = ("popularity", "ease", "itemknn", "vae", "vae+ranker")
 SPARSE = "sparse(<=5 events on the platform)"
+SPARSE_ELSEWHERE = "sparse, >=10 events elsewhere"  # the sparse persons the other platforms know
 RANKER_SEEDS = (1, 2)  # the re-ranker's other seeds, measured beside the shipped one (seed 0)
 
 
@@ -207,18 +208,30 @@ def clustered_lift(
     return round(lift, 4), [round(lo, 4), round(hi, 4)]
 
 
+def events_elsewhere(split: Split, persons: pd.Index) -> np.ndarray:
+    """Per person: events (in the test view) on platforms other than the held-out item's."""
+    platform_of = split.test.groupby("person_id")["platform"].first().reindex(persons)
+    total = split.test_events.groupby("person_id").size().reindex(persons).fillna(0).to_numpy()
+    on = split.test_events.groupby(["person_id", "platform"]).size()
+    same = np.array([on.get((p, pl), 0) for p, pl in zip(persons, platform_of, strict=True)])
+    return (total - same).astype(np.int64)
+
+
 def pooled_lift(arms: list[tuple[Split, ExperimentResult, ExperimentResult]], draws: int = 2000) -> dict[str, Any]:
     """The cross-platform lift over several random splits (seeds 0, 1, ...): every (person,
     split) test counts once, NDCG@20(both) / NDCG@20(alone) - 1 over the pooled tests, for all
-    persons and for the sparse ones; 95% bootstrap interval resampling persons with all their
+    persons, for the sparse ones, and for the sparse ones with at least 10 events on the other
+    platforms (those the cross-platform profile can say something about); 95% bootstrap interval resampling persons with all their
     splits' tests (a person's tests on different splits are not independent)."""
     out: dict[str, Any] = {"splits": len(arms), "seeds": list(range(len(arms)))}
-    for group in ("all", SPARSE):
+    for group in ("all", SPARSE, SPARSE_ELSEWHERE):
         person_ids: list[Any] = []
         per_model: dict[str, list[np.ndarray]] = {m: [] for m in MODELS}
         for split, both, alone in arms:
             ids = pd.Index(both.holdout.persons)
             keep = np.ones(len(ids), dtype=bool) if group == "all" else sparse_persons(split, ids)
+            if group == SPARSE_ELSEWHERE:
+                keep &= events_elsewhere(split, ids) >= 10
             rows = np.flatnonzero(keep)
             person_ids += list(ids[rows])
             for m in MODELS:

@@ -17,6 +17,7 @@ from bench.common import READ_PATHS, RESULTS
 from pipelines.config import REPO_ROOT
 
 SPARSE = "sparse(<=5 events on the platform)"  # bench.quality's key for the sparse persons
+SPARSE_ELSEWHERE = "sparse, >=10 events elsewhere"  # ... and those of them the other platforms know
 
 README = REPO_ROOT / "README.md"
 COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@50", "ndcg@50")
@@ -88,19 +89,24 @@ def quality(r: dict[str, Any]) -> list[str]:
         sparse = {k.split("/")[1]: v for k, v in lift.items() if k.startswith("sparse")}
         every = {k.split("/")[1]: v for k, v in lift.items() if k.startswith("all")}
         pooled = db.get("cross_platform_lift_pooled")
+        groups = [g for g in ("all", SPARSE, SPARSE_ELSEWHERE) if pooled and g in pooled]
+        names = {"all": "all", SPARSE: "<= 5 book events", SPARSE_ELSEWHERE: "<= 5 book, >= 10 music"}
         header = "| model | all persons | persons with <= 5 book events |"
         if pooled:
-            header += f" pooled over {pooled['splits']} splits: all | pooled: <= 5 book events |"
+            header += "".join(
+                f" {'pooled over ' + str(pooled['splits']) + ' splits: ' if i == 0 else 'pooled: '}{names[g]} |"
+                for i, g in enumerate(groups)
+            )
         out += [
             "Cross-platform lift in NDCG@20 (books + music over books only):",
             "",
             header,
-            "|---|---|---|" + ("---|---|" if pooled else ""),
+            "|---|---|---|" + "---|" * len(groups),
         ]
         for model in every:
             row = f"| {model} | {every[model]:+.1%} | {sparse.get(model, float('nan')):+.1%} |"
             if pooled:
-                for group in ("all", SPARSE):
+                for group in groups:
                     value, ci = pooled[group]["lift"].get(model), pooled[group]["lift_ci95"].get(model)
                     row += f" {value:+.1%} ({ci[0]:+.1%} to {ci[1]:+.1%}) |" if value is not None else " |"
             out.append(row)
@@ -109,8 +115,12 @@ def quality(r: dict[str, Any]) -> list[str]:
             s = pooled[SPARSE]
             out[-1] += (
                 f"; pooled: {s['tests']} sparse tests of {s['persons']} persons over split seeds "
-                f"{', '.join(map(str, pooled['seeds']))}, intervals: 95% bootstrap over persons"
+                f"{', '.join(map(str, pooled['seeds']))}"
             )
+            if SPARSE_ELSEWHERE in pooled:
+                e = pooled[SPARSE_ELSEWHERE]
+                out[-1] += f", {e['tests']} of them ({e['persons']} persons) with at least 10 music events"
+            out[-1] += "; intervals: 95% bootstrap over persons"
         out[-1] += ".)"
         out.append("")
     for name, title in (

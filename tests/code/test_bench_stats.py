@@ -27,3 +27,21 @@ def test_the_interval_resamples_persons_with_all_their_tests() -> None:
     assert thrice == once
     independent = clustered_lift(np.arange(180), np.repeat(both, 3), np.repeat(alone, 3))
     assert independent[1][1] - independent[1][0] < once[1][1] - once[1][0]
+
+
+def test_events_elsewhere_counts_the_other_platforms_of_the_held_out_items_platform() -> None:
+    import pandas as pd
+
+    from bench.quality import events_elsewhere
+    from training.data import Split
+
+    test_events = pd.DataFrame(
+        {
+            "person_id": ["a"] * 15 + ["b"] * 4 + ["c"] * 3,
+            "platform": ["book"] * 3 + ["music"] * 12 + ["book"] * 4 + ["music"] * 3,
+        }
+    )
+    test = pd.DataFrame({"person_id": ["a", "b", "c"], "platform": ["book", "book", "music"], "item_id": ["x"] * 3})
+    split = Split(test_events, test_events, test.iloc[:0], test, False, None, {})
+    got = events_elsewhere(split, pd.Index(["c", "a", "b"]))
+    assert got.tolist() == [0, 12, 0]  # c's held-out item is music and c has no book events
