@@ -1436,7 +1436,7 @@ done:
 
 /* vae_person(params, layout, dims, items, actions, platforms, buckets, bag, logits, mu, attention):
  * the trained attention-VAE's eval-mode encoder and decoder for one person's events, what
- * training.vae_numpy.NumpyVAE computes in numpy (training.vae_numpy._native_person packs the
+ * training.vae_numpy.NumpyVAE computes in numpy (NumpyVAE._pack packs the
  * weights). params: every float32 weight, layout: int64 offsets of each array in params (the
  * order of VAE_* below), dims: int64 d_model, n_heads, n_layers, d_ff, d_bag, d_latent,
  * d_hidden, n_items, n_vocab (encoder item vocabulary), n_actions, n_platforms, n_gaps. items,
@@ -1466,10 +1466,8 @@ enum {
 
 /* out (rows x m) = x (rows x k) @ w (k x m, row-major) + b (m): each output the sum over k in
  * index order (vectorised across outputs, which leaves each one's sum as it is). */
-VAE_CLONES static void vae_linear(const float *restrict x, Py_ssize_t rows,
-                                                                         Py_ssize_t k, const float *restrict w,
-                                                                         const float *restrict b, Py_ssize_t m,
-                                                                         float *restrict out) {
+VAE_CLONES static void vae_linear(const float *restrict x, Py_ssize_t rows, Py_ssize_t k, const float *restrict w,
+                                  const float *restrict b, Py_ssize_t m, float *restrict out) {
     for (Py_ssize_t i = 0; i < rows; i++) {
         float *restrict o = out + i * m;
         for (Py_ssize_t j = 0; j < m; j++) o[j] = 0.0f;
@@ -1482,9 +1480,8 @@ VAE_CLONES static void vae_linear(const float *restrict x, Py_ssize_t rows,
     }
 }
 
-static void vae_layer_norm(const float *x, Py_ssize_t rows,
-                                                                        Py_ssize_t d, const float *w,
-                                                                        const float *b, float *out) {
+static void vae_layer_norm(const float *x, Py_ssize_t rows, Py_ssize_t d, const float *w, const float *b,
+                           float *out) {
     for (Py_ssize_t i = 0; i < rows; i++) {
         const float *r = x + i * d;
         float *o = out + i * d, mean = 0.0f, var = 0.0f;

@@ -154,51 +154,51 @@ class NumpyVAE:
         mu = np.empty((b, len(self.mu_bias)), np.float32)
         attention = np.zeros((b, t), np.float32)
         native = kernels()
-        if native is not None:
-            params, layout, dims = self._packed
-            for r in range(b):
-                events = np.flatnonzero(items[r] != PAD)
-                bag = items[r] if bags is None else bags[r]
-                weights = np.empty(len(events), np.float32)
-                native.vae_person(
-                    params,
-                    layout,
-                    dims,
-                    np.ascontiguousarray(items[r, events], np.int64),
-                    np.ascontiguousarray(inputs["actions"][r, events], np.int64),
-                    np.ascontiguousarray(inputs["platforms"][r, events], np.int64),
-                    np.ascontiguousarray(buckets[r, events], np.int64),
-                    np.ascontiguousarray(bag[(bag != PAD) & (bag != UNKNOWN)], np.int64),
-                    logits[r],
-                    mu[r],
-                    weights,
-                )
-                attention[r, events] = weights
-            return logits, mu, attention
         for r in range(b):
             events = np.flatnonzero(items[r] != PAD)
-            pooled = np.zeros(self.d_model, np.float32)  # no event: pooled to zeros, as the module does
-            if len(events):
-                x = (
-                    self.item[items[r, events]]
-                    + self.action[inputs["actions"][r, events]]
-                    + self.platform[inputs["platforms"][r, events]]
-                    + self.gap[buckets[r, events]]
-                )
-                x = _layer_norm(x, *self.embed_norm)
-                for layer in self.layers:
-                    x = layer(x)
-                scores = ((x @ self.key + self.key_bias) * self.query).sum(axis=-1) / np.float32(
-                    math.sqrt(self.d_model)
-                )
-                weights = _softmax(scores)
-                attention[r, events] = weights
-                pooled = weights @ x
-            if self.bag is not None:
-                bag = items[r] if bags is None else bags[r]
-                present = bag[(bag != PAD) & (bag != UNKNOWN)]
-                summed = self.bag[present].sum(axis=0) / np.float32(math.sqrt(max(len(present), 1)))
-                pooled = np.concatenate([pooled, np.tanh(summed)])
-            mu[r] = pooled @ self.mu + self.mu_bias
-            logits[r] = np.tanh(mu[r] @ self.hidden + self.hidden_bias) @ self.logits + self.logits_bias
+            bag = items[r] if bags is None else bags[r]
+            present = bag[(bag != PAD) & (bag != UNKNOWN)]
+            person = (
+                items[r, events],
+                inputs["actions"][r, events],
+                inputs["platforms"][r, events],
+                buckets[r, events],
+            )
+            if native is None:
+                attention[r, events] = self._person(*person, present, logits[r], mu[r])
+                continue
+            weights = np.empty(len(events), np.float32)
+            params, layout, dims = self._packed
+            columns = [np.ascontiguousarray(a, np.int64) for a in (*person, present)]
+            native.vae_person(params, layout, dims, *columns, logits[r], mu[r], weights)
+            attention[r, events] = weights
         return logits, mu, attention
+
+    def _person(
+        self,
+        items: NDArray[np.int64],
+        actions: NDArray[np.int64],
+        platforms: NDArray[np.int64],
+        buckets: NDArray[np.int64],
+        present: NDArray[np.int64],
+        logits: NDArray[np.float32],
+        mu: NDArray[np.float32],
+    ) -> NDArray[np.float32]:
+        """One person's pass in numpy: fills ``logits`` and ``mu``, returns the pooling weights
+        of its events (no padding; ``present``: the bag's items, without padding or unknown)."""
+        pooled = np.zeros(self.d_model, np.float32)  # no event: pooled to zeros, as the module does
+        weights = np.zeros(0, np.float32)
+        if len(items):
+            x = self.item[items] + self.action[actions] + self.platform[platforms] + self.gap[buckets]
+            x = _layer_norm(x, *self.embed_norm)
+            for layer in self.layers:
+                x = layer(x)
+            scores = ((x @ self.key + self.key_bias) * self.query).sum(axis=-1) / np.float32(math.sqrt(self.d_model))
+            weights = _softmax(scores)
+            pooled = weights @ x
+        if self.bag is not None:
+            summed = self.bag[present].sum(axis=0) / np.float32(math.sqrt(max(len(present), 1)))
+            pooled = np.concatenate([pooled, np.tanh(summed)])
+        mu[:] = pooled @ self.mu + self.mu_bias
+        logits[:] = np.tanh(mu @ self.hidden + self.hidden_bias) @ self.logits + self.logits_bias
+        return weights
