@@ -174,6 +174,26 @@ def _mask(scores: np.ndarray, seen: sp.csr_matrix, allowed: np.ndarray) -> np.nd
     return scores
 
 
+def target_platform_training(
+    vocab: Vocab, platform: str | None, config: ExperimentConfig
+) -> tuple[np.ndarray | None, PlatformDropout | None]:
+    """The VAE's reconstruction weights per item and its platform dropout when ``platform`` is
+    a target: its items weigh 1, the others ``other_platform_weight``; the others are hidden
+    from a ``platform_dropout`` share of each batch's persons. (None, None) without a target."""
+    if platform not in vocab.platform_index:
+        return None, None
+    on_target = vocab.platform_mask(platform)
+    weights = None
+    if config.other_platform_weight != 1.0:
+        weights = np.where(on_target, 1.0, config.other_platform_weight).astype(np.float32)
+    hide = None
+    if config.platform_dropout > 0:  # encoder indices: 0 pad, 1 unknown, then the vocabulary's + 2
+        hide = PlatformDropout(
+            vocab.platform_index[platform] + 2, np.r_[[True, True], on_target], config.platform_dropout
+        )
+    return weights, hide
+
+
 def run(
     split: Split,
     items: pd.DataFrame | None,
@@ -211,15 +231,7 @@ def run(
         d_bag=config.d_bag,
     )
     t1 = time.perf_counter()
-    weights = None
-    if split.target_platform is not None and config.other_platform_weight != 1.0:
-        on_target = vocab.platform_mask(split.target_platform)
-        weights = np.where(on_target, 1.0, config.other_platform_weight).astype(np.float32)
-    hide = None
-    if split.target_platform in vocab.platform_index and config.platform_dropout > 0:
-        on_platform = np.r_[[True, True], vocab.platform_mask(split.target_platform)]
-        target = vocab.platform_index[split.target_platform] + 2
-        hide = PlatformDropout(target, on_platform, config.platform_dropout)
+    weights, hide = target_platform_training(vocab, split.target_platform, config)
     model, history = fit(
         vae_config, inputs, bags, valid_rows, valid_targets, config.train, progress, on_epoch, weights, hide
     )
@@ -298,8 +310,8 @@ def run(
         rows,
         cols,
     )
-    in_training = ~held[rows]
-    sampled = int((labels[in_training] == 0).sum())
+    is_held = held[rows]
+    sampled = int((labels[~is_held] == 0).sum())
     rate = sampled / max(1, ranker.available_negatives(cands.items, valid_targets, skip=held))
     held_rows = np.flatnonzero(held)
     booster, ranker_info = ranker.train(x_valid, labels, rows, config.reranker, rate, held_rows)
@@ -308,7 +320,7 @@ def run(
     valid_p = ranker.probability(booster, x_valid, recommender.meta)
     # the F1 threshold on the held-out persons' whole lists: pairs the trees did not learn
     # from, at the base rate the re-ranker meets
-    threshold = best_f1_threshold(labels[~in_training], valid_p[~in_training])
+    threshold = best_f1_threshold(labels[is_held], valid_p[is_held])
     recommender.meta["threshold"] = threshold
     timings["ranker_seconds"] = time.perf_counter() - t3
     alternatives = []  # the re-ranker with other seeds, untimed: only for measuring

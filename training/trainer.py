@@ -172,11 +172,10 @@ def fit(
             for lo in range(0, n, batch_size):
                 rows = order[lo : lo + batch_size]
                 beta = min(config.beta_max, config.beta_max * step / anneal_steps)
-                if platform_dropout is None:
-                    logits, mu, logvar = model(*_tensors(inputs, rows))
-                else:
-                    batch = platform_dropout.apply({k: v[rows] for k, v in inputs.items()}, hide)
-                    logits, mu, logvar = model(*_tensors(batch))
+                batch = {k: v[rows] for k, v in inputs.items()}
+                if platform_dropout is not None:
+                    batch = platform_dropout.apply(batch, hide)
+                logits, mu, logvar = model(*_tensors(batch))
                 x = bags[rows] if target_weights is None else bags[rows] * target_weights
                 loss, nll, kl = vae_loss(logits, torch.from_numpy(x), mu, logvar, beta)
                 optimiser.zero_grad()
