@@ -35,7 +35,7 @@ from pipelines.lake import Lake
 from pipelines.synthetic import SyntheticConfig, generate
 from training.data import Split
 from training.data import split as make_split
-from training.experiment import ExperimentConfig, ExperimentResult, run, sparse_persons
+from training.experiment import ExperimentConfig, ExperimentResult, events_on_platform, run, sparse_persons
 from training.metrics import ndcg_at_k, ranking_report
 
 MODELS = ("popularity", "ease", "itemknn", "vae", "vae+ranker")
@@ -95,11 +95,8 @@ def lift_interval(
     """95% bootstrap interval (persons resampled, paired, seeded) of NDCG@20(both) / NDCG@20(alone) - 1
     for the persons in ``mask`` (the two arms hold out the same pairs for the same persons)."""
     rows = np.flatnonzero(mask)
-    a, b = _ndcg20(alone, alone.ranked[model], rows), _ndcg20(both, both.ranked[model], rows)
-    lo, hi = _interval(
-        lambda pick: b[pick].mean(axis=1) / np.maximum(a[pick].mean(axis=1), 1e-12) - 1, len(rows), draws
-    )
-    return [round(float(lo), 4), round(float(hi), 4)]
+    b, a = _ndcg20(both, both.ranked[model], rows), _ndcg20(alone, alone.ranked[model], rows)
+    return clustered_lift(np.arange(len(rows)), b, a, draws)[1]  # one test per person
 
 
 def lift_by_ranker_seed(both: ExperimentResult, alone: ExperimentResult, mask: np.ndarray) -> dict[str, float]:
@@ -210,19 +207,17 @@ def clustered_lift(
 
 def events_elsewhere(split: Split, persons: pd.Index) -> np.ndarray:
     """Per person: events (in the test view) on platforms other than the held-out item's."""
-    platform_of = split.test.groupby("person_id")["platform"].first().reindex(persons)
-    total = split.test_events.groupby("person_id").size().reindex(persons).fillna(0).to_numpy()
-    on = split.test_events.groupby(["person_id", "platform"]).size()
-    same = np.array([on.get((p, pl), 0) for p, pl in zip(persons, platform_of, strict=True)])
-    return (total - same).astype(np.int64)
+    total = split.test_events.groupby("person_id").size().reindex(persons, fill_value=0).to_numpy()
+    return (total - events_on_platform(split, persons)).astype(np.int64)
 
 
 def pooled_lift(arms: list[tuple[Split, ExperimentResult, ExperimentResult]], draws: int = 2000) -> dict[str, Any]:
     """The cross-platform lift over several random splits (seeds 0, 1, ...): every (person,
     split) test counts once, NDCG@20(both) / NDCG@20(alone) - 1 over the pooled tests, for all
     persons, for the sparse ones, and for the sparse ones with at least 10 events on the other
-    platforms (those the cross-platform profile can say something about); 95% bootstrap interval resampling persons with all their
-    splits' tests (a person's tests on different splits are not independent)."""
+    platforms (those the cross-platform profile can say something about); 95% bootstrap
+    interval resampling persons with all their splits' tests (a person's tests on different
+    splits are not independent)."""
     out: dict[str, Any] = {"splits": len(arms), "seeds": list(range(len(arms)))}
     for group in ("all", SPARSE, SPARSE_ELSEWHERE):
         person_ids: list[Any] = []

@@ -92,11 +92,7 @@ def quality(r: dict[str, Any]) -> list[str]:
         groups = [g for g in ("all", SPARSE, SPARSE_ELSEWHERE) if pooled and g in pooled]
         names = {"all": "all", SPARSE: "<= 5 book events", SPARSE_ELSEWHERE: "<= 5 book, >= 10 music"}
         header = "| model | all persons | persons with <= 5 book events |"
-        if pooled:
-            header += "".join(
-                f" {'pooled over ' + str(pooled['splits']) + ' splits: ' if i == 0 else 'pooled: '}{names[g]} |"
-                for i, g in enumerate(groups)
-            )
+        header += "".join(f" pooled: {names[g]} |" for g in groups)
         out += [
             "Cross-platform lift in NDCG@20 (books + music over books only):",
             "",

@@ -432,9 +432,13 @@ def _breakdown(
     return out
 
 
-def sparse_persons(split: Split, persons: pd.Index, at_most: int = 5) -> np.ndarray:
-    """Per person: at most ``at_most`` events (in the test view) on the held-out item's platform."""
+def events_on_platform(split: Split, persons: pd.Index) -> np.ndarray:
+    """Per person: events (in the test view) on the held-out item's platform."""
     platform_of = split.test.groupby("person_id")["platform"].first().reindex(persons)
     on_platform = split.test_events.groupby(["person_id", "platform"]).size()
-    counts = np.array([on_platform.get((p, pl), 0) for p, pl in zip(persons, platform_of, strict=True)])
-    return counts <= at_most
+    return np.array([on_platform.get((p, pl), 0) for p, pl in zip(persons, platform_of, strict=True)], dtype=np.int64)
+
+
+def sparse_persons(split: Split, persons: pd.Index, at_most: int = 5) -> np.ndarray:
+    """Per person: at most ``at_most`` events (in the test view) on the held-out item's platform."""
+    return events_on_platform(split, persons) <= at_most
