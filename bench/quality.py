@@ -2,7 +2,8 @@
 
 - Douban book + music: cross-platform lift. Target platform: books. The same held-out book
   interactions; training on books alone vs books plus music. All persons, and persons with at
-  most 5 book events.
+  most 5 book events; and an A/A comparison (books only, trained with two VAE seeds) that
+  shows how far the training's randomness alone moves the same figures.
 - Taobao UserBehavior: top-K, the re-ranker's AUC, and top-K on the persons whose held-out item
   was carted or bought.
 - MovieLens latest-small: ratings (>= 3.5) and tags.
@@ -41,6 +42,10 @@ from training.metrics import ndcg_at_k, ranking_report
 MODELS = ("popularity", "ease", "itemknn", "vae", "vae+ranker")
 SPARSE = "sparse(<=5 events on the platform)"
 SPARSE_ELSEWHERE = "sparse, >=10 events elsewhere"  # the sparse persons the other platforms know
+# The sparse persons with no events elsewhere: both arms read the same events of theirs, so
+# their lift is only what the other persons' events (and the training's randomness) make.
+SPARSE_NOTHING_ELSEWHERE = "sparse, no events elsewhere"
+GROUPS = ("all", SPARSE, SPARSE_ELSEWHERE, SPARSE_NOTHING_ELSEWHERE)
 RANKER_SEEDS = (1, 2)  # the re-ranker's other seeds, measured beside the shipped one (seed 0)
 
 
@@ -170,22 +175,29 @@ def douban(base: Path, data_dir: Path, config: ExperimentConfig, splits: int = 1
     out["cross_platform_lift_sparse_by_ranker_seed"] = lift_by_ranker_seed(both, alone, sparse)
     out["vs_best_baseline_sparse"] = versus_best_baseline(both.ranked, both.relevant, sparse)
     out["sparse_persons"] = both.breakdown.get(SPARSE, {}).get("vae+ranker", {}).get("persons", 0)
-    if splits > 1:
-        arms = [(split, both, alone)]
-        for seed in range(1, splits):
-            console.print(f"douban: split {seed + 1} of {splits}")
-            other = make_split(events, seed=seed, target_platform="douban_book")
-            extra = replace(config, ranker_seeds=())
-            arms.append(
-                (
-                    other,
-                    run(other, items, persons, base / "scratch" / f"douban-both-{seed}", extra),
-                    run(
-                        restrict(other, "douban_book"), items, persons, base / "scratch" / f"douban-book-{seed}", extra
-                    ),
-                )
+    extra = replace(config, ranker_seeds=())
+    arms = [(split, both, alone)]
+    for seed in range(1, splits):
+        console.print(f"douban: split {seed + 1} of {splits}")
+        other = make_split(events, seed=seed, target_platform="douban_book")
+        arms.append(
+            (
+                other,
+                run(other, items, persons, base / "scratch" / f"douban-both-{seed}", extra),
+                run(restrict(other, "douban_book"), items, persons, base / "scratch" / f"douban-book-{seed}", extra),
             )
-        out["cross_platform_lift_pooled"] = pooled_lift(arms)
+        )
+    # An A/A comparison on every split: books only, trained again with the VAE's next seed,
+    # against books only. No music on either side: what the training's randomness alone moves.
+    reseeded = replace(extra, train=replace(config.train, seed=config.train.seed + 1))
+    again = []
+    for seed, (other, _, books) in enumerate(arms):
+        console.print(f"douban: books only with VAE seed {reseeded.train.seed}, split {seed + 1} of {splits}")
+        scratch = base / "scratch" / f"douban-book-reseeded-{seed}"
+        again.append((other, run(restrict(other, "douban_book"), items, persons, scratch, reseeded), books))
+    out["cross_platform_lift_pooled"] = pooled_lift(arms)
+    out["book_only_reseeded_pooled"] = pooled_lift(again)
+    out["book_only_reseeded_pooled"]["vae_seeds"] = [config.train.seed + 1, config.train.seed]
     return out
 
 
@@ -211,23 +223,35 @@ def events_elsewhere(split: Split, persons: pd.Index) -> np.ndarray:
     return (total - events_on_platform(split, persons)).astype(np.int64)
 
 
+def in_group(group: str, split: Split, persons: pd.Index) -> np.ndarray:
+    """Per person: a member of ``group`` (one of :data:`GROUPS`) on ``split``?"""
+    if group == "all":
+        return np.ones(len(persons), dtype=bool)
+    keep = sparse_persons(split, persons)
+    if group == SPARSE_ELSEWHERE:
+        return keep & (events_elsewhere(split, persons) >= 10)
+    if group == SPARSE_NOTHING_ELSEWHERE:
+        return keep & (events_elsewhere(split, persons) == 0)
+    if group != SPARSE:
+        raise ValueError(f"unknown group {group!r}; expected one of {GROUPS}")
+    return keep
+
+
 def pooled_lift(arms: list[tuple[Split, ExperimentResult, ExperimentResult]], draws: int = 2000) -> dict[str, Any]:
     """The cross-platform lift over several random splits (seeds 0, 1, ...): every (person,
     split) test counts once, NDCG@20(both) / NDCG@20(alone) - 1 over the pooled tests, for all
-    persons, for the sparse ones, and for the sparse ones with at least 10 events on the other
-    platforms (those the cross-platform profile can say something about); 95% bootstrap
+    persons, for the sparse ones, for the sparse ones with at least 10 events on the other
+    platforms (those the cross-platform profile can say something about) and for those with
+    none (see :data:`GROUPS`); 95% bootstrap
     interval resampling persons with all their splits' tests (a person's tests on different
     splits are not independent)."""
     out: dict[str, Any] = {"splits": len(arms), "seeds": list(range(len(arms)))}
-    for group in ("all", SPARSE, SPARSE_ELSEWHERE):
+    for group in GROUPS:
         person_ids: list[Any] = []
         per_model: dict[str, list[np.ndarray]] = {m: [] for m in MODELS}
         for split, both, alone in arms:
             ids = pd.Index(both.holdout.persons)
-            keep = np.ones(len(ids), dtype=bool) if group == "all" else sparse_persons(split, ids)
-            if group == SPARSE_ELSEWHERE:
-                keep &= events_elsewhere(split, ids) >= 10
-            rows = np.flatnonzero(keep)
+            rows = np.flatnonzero(in_group(group, split, ids))
             person_ids += list(ids[rows])
             for m in MODELS:
                 if m in both.ranked and m in alone.ranked:
@@ -364,6 +388,8 @@ def main() -> None:
             console.print(f"cross-platform lift in NDCG@20: {out['cross_platform_lift_ndcg20']}")
             if pooled := out.get("cross_platform_lift_pooled"):
                 console.print(f"pooled over {pooled['splits']} splits: {pooled}")
+            if again := out.get("book_only_reseeded_pooled"):
+                console.print(f"books only, VAE seeds {again['vae_seeds']} (A/A), pooled: {again}")
     publish("quality", results, metrics)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -29,10 +31,9 @@ def test_the_interval_resamples_persons_with_all_their_tests() -> None:
     assert independent[1][1] - independent[1][0] < once[1][1] - once[1][0]
 
 
-def test_events_elsewhere_counts_the_other_platforms_of_the_held_out_items_platform() -> None:
+def _split() -> tuple[Any, Any]:
     import pandas as pd
 
-    from bench.quality import events_elsewhere
     from training.data import Split
 
     test_events = pd.DataFrame(
@@ -42,6 +43,27 @@ def test_events_elsewhere_counts_the_other_platforms_of_the_held_out_items_platf
         }
     )
     test = pd.DataFrame({"person_id": ["a", "b", "c"], "platform": ["book", "book", "music"], "item_id": ["x"] * 3})
-    split = Split(test_events, test_events, test.iloc[:0], test, False, None, {})
-    got = events_elsewhere(split, pd.Index(["c", "a", "b"]))
+    return Split(test_events, test_events, test.iloc[:0], test, False, None, {}), pd.Index(["c", "a", "b"])
+
+
+def test_events_elsewhere_counts_the_other_platforms_of_the_held_out_items_platform() -> None:
+    from bench.quality import events_elsewhere
+
+    split, persons = _split()
+    got = events_elsewhere(split, persons)
     assert got.tolist() == [0, 12, 0]  # c's held-out item is music and c has no book events
+
+
+def test_the_lift_groups_split_the_sparse_persons_by_their_events_elsewhere() -> None:
+    from bench.quality import GROUPS, SPARSE, SPARSE_ELSEWHERE, SPARSE_NOTHING_ELSEWHERE, in_group
+
+    split, persons = _split()  # c: 3 music, none elsewhere; a: 3 books, 12 music; b: 4 books only
+    got = {group: in_group(group, split, persons).tolist() for group in GROUPS}
+    assert got == {
+        "all": [True, True, True],
+        SPARSE: [True, True, True],
+        SPARSE_ELSEWHERE: [False, True, False],
+        SPARSE_NOTHING_ELSEWHERE: [True, False, True],
+    }
+    with pytest.raises(ValueError, match="unknown group"):
+        in_group("dense", split, persons)
