@@ -196,6 +196,7 @@ def douban(base: Path, data_dir: Path, config: ExperimentConfig, splits: int = 1
         scratch = base / "scratch" / f"douban-book-reseeded-{seed}"
         again.append((other, run(restrict(other, "douban_book"), items, persons, scratch, reseeded), books))
     out["cross_platform_lift_pooled"] = pooled_lift(arms)
+    out["simulated_sparse"] = simulated_sparse_lift(split, items, persons, base, extra)
     out["book_only_reseeded_pooled"] = pooled_lift(again)
     out["book_only_reseeded_pooled"]["vae_seeds"] = [config.train.seed + 1, config.train.seed]
     return out
@@ -217,6 +218,25 @@ def clustered_lift(
     return round(lift, 4), [round(lo, 4), round(hi, 4)]
 
 
+def simulated_sparse_lift(
+    split: Split, items: pd.DataFrame | None, persons: pd.DataFrame | None, base: Path, config: ExperimentConfig
+) -> dict[str, Any]:
+    """The cross-platform lift for persons made sparse on books (:func:`simulate_sparse` on
+    ``split``): both arms trained on the simulated split, scored on those persons' test items."""
+    keep = 3
+    simulated, chosen = simulate_sparse(split, "douban_book", keep=keep)
+    console.print(f"douban: {len(chosen)} persons made sparse ({keep} book items kept), both arms")
+    both = run(simulated, items, persons, base / "scratch" / "douban-simulated-both", config)
+    alone = run(restrict(simulated, "douban_book"), items, persons, base / "scratch" / "douban-simulated-book", config)
+    rows = np.flatnonzero(pd.Index(both.holdout.persons).isin(chosen))
+    report: dict[str, Any] = {"persons": len(rows), "kept_items": keep, "lift": {}, "lift_ci95": {}, "ndcg20": {}}
+    for m in MODELS:
+        b, a = _ndcg20(both, both.ranked[m], rows), _ndcg20(alone, alone.ranked[m], rows)
+        report["lift"][m], report["lift_ci95"][m] = clustered_lift(np.arange(len(rows)), b, a)
+        report["ndcg20"][m] = {"book_plus_music": round(float(b.mean()), 4), "book_only": round(float(a.mean()), 4)}
+    return report
+
+
 def events_elsewhere(split: Split, persons: pd.Index) -> np.ndarray:
     """Per person: events (in the test view) on platforms other than the held-out item's."""
     total = split.test_events.groupby("person_id").size().reindex(persons, fill_value=0).to_numpy()
@@ -235,6 +255,38 @@ def in_group(group: str, split: Split, persons: pd.Index) -> np.ndarray:
     if group != SPARSE:
         raise ValueError(f"unknown group {group!r}; expected one of {GROUPS}")
     return keep
+
+
+def simulate_sparse(
+    split: Split, platform: str, keep: int = 3, share: float = 0.5, seed: int = 0
+) -> tuple[Split, pd.Index]:
+    """Simulated sparse persons, the cold-start protocol of cross-domain studies: a seeded
+    ``share`` of the test persons with more than 5 events on ``platform`` keep ``keep`` of their
+    training items there, drawn at random, and lose that platform's other events and their
+    validation items, in both views. Their other platforms' events and their test items stay.
+    Returns the split and those persons."""
+    persons = pd.Index(sorted(split.test["person_id"].unique()))
+    dense = persons[events_on_platform(split, persons) > 5]
+    rng = np.random.default_rng(seed)
+    chosen = pd.Index(sorted(rng.choice(np.asarray(dense), size=round(share * len(dense)), replace=False)))
+    ev = split.train_events
+    on = ev["platform"].eq(platform) & ev["person_id"].isin(chosen) & ev["item_id"].notna()
+    pairs = ev.loc[on, ["person_id", "item_id"]].drop_duplicates()
+    pairs = pairs.iloc[rng.permutation(len(pairs))]
+    kept = pd.MultiIndex.from_frame(pairs[pairs.groupby("person_id").cumcount() < keep])
+
+    def cut(events: pd.DataFrame) -> pd.DataFrame:
+        theirs = events["platform"].eq(platform) & events["person_id"].isin(chosen)
+        key = pd.MultiIndex.from_frame(events[["person_id", "item_id"]].fillna(""))
+        return events[~theirs.to_numpy() | key.isin(kept)]
+
+    simulated = replace(
+        split,
+        train_events=cut(split.train_events),
+        test_events=cut(split.test_events),
+        valid=split.valid[~split.valid["person_id"].isin(chosen)].reset_index(drop=True),
+    )
+    return simulated, chosen
 
 
 def pooled_lift(arms: list[tuple[Split, ExperimentResult, ExperimentResult]], draws: int = 2000) -> dict[str, Any]:

@@ -67,3 +67,47 @@ def test_the_lift_groups_split_the_sparse_persons_by_their_events_elsewhere() ->
     }
     with pytest.raises(ValueError, match="unknown group"):
         in_group("dense", split, persons)
+
+
+def test_simulated_sparse_persons_keep_a_few_items_of_the_platform_and_nothing_else_changes() -> None:
+    import pandas as pd
+
+    from bench.quality import events_on_platform, simulate_sparse
+    from training.data import Split
+
+    rows = []
+    for p in range(6):  # persons 0-3: 8 books and 4 music each; 4 and 5: 3 books
+        n_books = 8 if p < 4 else 3
+        rows += [(f"p{p}", f"b{p}-{i}", "book") for i in range(n_books)]
+        rows += [(f"p{p}", f"m{p}-{i}", "music") for i in range(4 if p < 4 else 0)]
+    events = pd.DataFrame(rows, columns=["person_id", "item_id", "platform"])
+    test = pd.DataFrame(
+        {"person_id": [f"p{p}" for p in range(6)], "item_id": [f"t{p}" for p in range(6)], "platform": "book"}
+    )
+    valid = pd.DataFrame({"person_id": ["p0", "p1", "p2", "p3"], "item_id": ["v0", "v1", "v2", "v3"]})
+    valid["platform"] = "book"
+    with_valid = pd.concat([events, valid], ignore_index=True)
+    split = Split(events, with_valid, valid, test, False, "book", {})
+
+    simulated, chosen = simulate_sparse(split, "book", keep=3, share=0.5, seed=1)
+    assert len(chosen) == 2 and set(chosen) <= {"p0", "p1", "p2", "p3"}  # half of the dense persons
+    persons = pd.Index(sorted(test["person_id"]))
+    books = dict(zip(persons, events_on_platform(simulated, persons), strict=True))
+    for p in persons:
+        before = split.test_events[split.test_events["person_id"] == p]
+        after = simulated.test_events[simulated.test_events["person_id"] == p]
+        music = before[before["platform"] == "music"]
+        assert after[after["platform"] == "music"].equals(music)  # other platforms untouched
+        if p in chosen:
+            assert books[p] == 3
+            kept = set(after.loc[after["platform"] == "book", "item_id"])
+            assert kept <= set(split.train_events["item_id"])  # training items, not validation ones
+            assert set(simulated.train_events.loc[simulated.train_events["person_id"] == p, "item_id"]) == kept | set(
+                music["item_id"]
+            )
+        else:
+            assert after.equals(before)
+    assert set(simulated.valid["person_id"]) == {"p0", "p1", "p2", "p3"} - set(chosen)
+    assert simulated.test.equals(split.test)
+    again, chosen_again = simulate_sparse(split, "book", keep=3, share=0.5, seed=1)
+    assert chosen_again.equals(chosen) and again.test_events.equals(simulated.test_events)  # seeded
