@@ -178,19 +178,20 @@ def quality(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _lift(report: dict[str, Any], model: str) -> str:
+    """``report``'s lift of ``model`` with its interval: "+1.5% (-8.2% to +11.8%)"."""
+    value, ci = report["lift"][model], report["lift_ci95"][model]
+    return f"{value:+.1%} ({ci[0]:+.1%} to {ci[1]:+.1%})"
+
+
 def _reseeded(again: dict[str, Any]) -> list[str]:
     """The A/A comparison: books only with two VAE seeds, pooled as the lift is."""
     seeds = again.get("vae_seeds", ["?", "?"])
-
-    def figure(group: str, model: str) -> str:
-        value, ci = again[group]["lift"][model], again[group]["lift_ci95"][model]
-        return f"{value:+.1%} ({ci[0]:+.1%} to {ci[1]:+.1%})"
-
     return [
         f"A/A: books only trained with VAE seed {seeds[0]} against books only with seed {seeds[1]}, the same"
-        f" splits pooled the same way (no music on either side). VAE + re-ranker: {figure('all', 'vae+ranker')}"
-        f" for all persons, {figure(SPARSE, 'vae+ranker')} for those with <= 5 book events; the VAE alone:"
-        f" {figure('all', 'vae')} and {figure(SPARSE, 'vae')}. A lift inside these ranges is within what the"
+        f" splits pooled the same way (no music on either side). VAE + re-ranker: {_lift(again['all'], 'vae+ranker')}"
+        f" for all persons, {_lift(again[SPARSE], 'vae+ranker')} for those with <= 5 book events; the VAE alone:"
+        f" {_lift(again['all'], 'vae')} and {_lift(again[SPARSE], 'vae')}. A lift inside these ranges is within what the"
         " training's own randomness makes.",
         "",
     ]
@@ -198,11 +199,7 @@ def _reseeded(again: dict[str, Any]) -> list[str]:
 
 def _simulated(r: dict[str, Any]) -> list[str]:
     """The lift for persons made sparse on books (split 0)."""
-    figures = ", ".join(
-        f"{m} {r['lift'][m]:+.1%} ({r['lift_ci95'][m][0]:+.1%} to {r['lift_ci95'][m][1]:+.1%})"
-        for m in ("vae+ranker", "vae", "ease", "itemknn")
-        if m in r["lift"]
-    )
+    figures = ", ".join(f"{m} {_lift(r, m)}" for m in ("vae+ranker", "vae", "ease", "itemknn") if m in r["lift"])
     return [
         f"Persons made sparse (split 0; the cold-start protocol of cross-domain studies): {r['persons']} persons with"
         f" more than 5 book events keep {r['kept_items']} of their training books, drawn at random, and no"
@@ -340,9 +337,8 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
                 )
                 met, caveat = value >= 0.1, ""
             if again := d["douban"].get("book_only_reseeded_pooled"):
-                a, ci = again[SPARSE]["lift"]["vae+ranker"], again[SPARSE]["lift_ci95"]["vae+ranker"]
                 seeds = again.get("vae_seeds", ["?", "?"])
-                now += f"; A/A, books only with VAE seed {seeds[0]} over seed {seeds[1]}: {a:+.1%} ({ci[0]:+.1%} to {ci[1]:+.1%})"
+                now += f"; A/A, books only with VAE seed {seeds[0]} over seed {seeds[1]}: {_lift(again[SPARSE], 'vae+ranker')}"
             lines.append(
                 _row("quality: cross-platform lift", ">= +10% for persons with <= 5 book events", now, met, caveat)
             )
