@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench.quality import clustered_lift
+from training.data import Split
 
 
 def test_the_lift_is_the_ratio_of_pooled_sums() -> None:
@@ -31,11 +31,7 @@ def test_the_interval_resamples_persons_with_all_their_tests() -> None:
     assert independent[1][1] - independent[1][0] < once[1][1] - once[1][0]
 
 
-def _split() -> tuple[Any, Any]:
-    import pandas as pd
-
-    from training.data import Split
-
+def _split() -> tuple[Split, pd.Index]:
     test_events = pd.DataFrame(
         {
             "person_id": ["a"] * 15 + ["b"] * 4 + ["c"] * 3,
@@ -70,10 +66,7 @@ def test_the_lift_groups_split_the_sparse_persons_by_their_events_elsewhere() ->
 
 
 def test_simulated_sparse_persons_keep_a_few_items_of_the_platform_and_nothing_else_changes() -> None:
-    import pandas as pd
-
     from bench.quality import events_on_platform, simulate_sparse
-    from training.data import Split
 
     rows = []
     for p in range(6):  # persons 0-3: 8 books and 4 music each; 4 and 5: 3 books
